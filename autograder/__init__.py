@@ -1,0 +1,1 @@
+"""Trusted autograding for the genlab course (see DESIGN.md, "the trust model")."""
