@@ -1,0 +1,135 @@
+"""The autograder's command line.
+
+    python -m autograder grade 01_attention --submissions DIR --out OUT [--workers N]
+    python -m autograder references build 01_attention      # or: all
+    python -m autograder references verify 01_attention     # on every device present
+    python -m autograder release 01_attention               # nbgrader generate_assignment
+    python -m autograder samples 01_attention DIR           # sample submissions
+    python -m autograder demo [--out DIR]                    # samples -> grades -> table
+    python -m autograder bundle --out student-bundle.zip     # what students receive
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _assignments(name: str) -> list[str]:
+    from autograder.spec import SPEC_MODULES
+
+    return sorted(SPEC_MODULES) if name == "all" else [name]
+
+
+def cmd_grade(args) -> int:
+    from autograder.grade import grade
+    from autograder.report import print_table
+    from autograder.sandbox import Limits, Sandbox
+
+    limits = Limits(cell_seconds=args.cell_timeout, wall_seconds=args.timeout)
+    sandbox = Sandbox(limits=limits, use_bwrap=None if not args.no_sandbox else False)
+    if not sandbox.sandboxed:
+        print("WARNING: bubblewrap (bwrap) is not available: grading runs UNSANDBOXED, "
+              "with resource limits only. Install it: apt-get install bubblewrap", file=sys.stderr)
+    results = grade(args.assignment, Path(args.submissions), Path(args.out), workers=args.workers,
+                    db_url=args.db, sandbox=sandbox, progress=not args.quiet)
+    print_table(results)
+    print(f"\nwrote {Path(args.out) / 'grades.csv'}, <student>/results.json, feedback/ and gradebook")
+    return 0
+
+
+def cmd_references(args) -> int:
+    from autograder import references
+
+    for assignment in _assignments(args.assignment):
+        if args.action == "build":
+            folder = references.build(assignment)
+            print(f"built {folder}")
+        else:
+            verified = references.verify(assignment)
+            for device_class, entry in verified.items():
+                print(f"{assignment}: verified on {device_class} ({entry['device']}): "
+                      f"largest deviation {entry['max_deviation']:.3g}")
+    return 0
+
+
+def cmd_release(args) -> int:
+    import tempfile
+
+    from autograder.course import generate_release
+
+    with tempfile.TemporaryDirectory() as tmp:  # a throw-away gradebook
+        for assignment in _assignments(args.assignment):
+            print(f"released {generate_release(assignment, db_url=f'sqlite:///{tmp}/gradebook.db')}")
+    return 0
+
+
+def cmd_samples(args) -> int:
+    from autograder.samples import write_samples
+
+    for name, points in write_samples(args.assignment, Path(args.dir)).items():
+        print(f"{name}: deserves {points} points")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from autograder.report import demo
+
+    return demo(Path(args.out), workers=args.workers)
+
+
+def cmd_bundle(args) -> int:
+    from autograder.bundle import build_bundle
+
+    path = build_bundle(Path(args.out))
+    print(f"wrote {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m autograder", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("grade", help="grade a class's submissions")
+    p.add_argument("assignment")
+    p.add_argument("--submissions", required=True, help="DIR/<student>/<assignment>/<notebook>.ipynb")
+    p.add_argument("--out", required=True)
+    p.add_argument("--workers", type=int, default=None, help="parallel submissions (default: cores)")
+    p.add_argument("--db", default=None, help="gradebook URL (default: sqlite in OUT)")
+    p.add_argument("--timeout", type=int, default=600, help="seconds per notebook")
+    p.add_argument("--cell-timeout", type=int, default=60, help="seconds per cell")
+    p.add_argument("--no-sandbox", action="store_true", help="resource limits only (not recommended)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_grade)
+
+    p = sub.add_parser("references", help="build or verify reference outputs")
+    p.add_argument("action", choices=["build", "verify"])
+    p.add_argument("assignment", help="an assignment, or 'all'")
+    p.set_defaults(func=cmd_references)
+
+    p = sub.add_parser("release", help="generate the student release from solutions/")
+    p.add_argument("assignment", help="an assignment, or 'all'")
+    p.set_defaults(func=cmd_release)
+
+    p = sub.add_parser("samples", help="write sample submissions")
+    p.add_argument("assignment")
+    p.add_argument("dir")
+    p.set_defaults(func=cmd_samples)
+
+    p = sub.add_parser("demo", help="grade the sample submissions and print the table")
+    p.add_argument("--out", default="demo-out")
+    p.add_argument("--workers", type=int, default=None)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("bundle", help="build the zip students receive")
+    p.add_argument("--out", default="student-bundle.zip")
+    p.set_defaults(func=cmd_bundle)
+
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

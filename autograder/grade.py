@@ -1,0 +1,434 @@
+"""Grade a class: ``python -m autograder grade 01_attention --submissions DIR --out OUT``.
+
+For each submission (``DIR/<student>/<assignment>/<notebook>.ipynb``, nbgrader's layout):
+
+1. *sanitize* with nbgrader's autograde preprocessors: clear outputs, de-duplicate cell
+   ids, put back the kernelspec and every locked and hidden test cell from the gradebook
+   (missing ones are added back);
+2. *record*: at the top of every graded test cell, bind ``record_outputs`` to a recorder
+   whose folder has a random name the student cannot predict (in a parent folder that
+   cannot be listed); the kernel's only job is to save what the student's functions
+   return on the grader's inputs, as plain arrays;
+3. *execute* the notebook in the sandbox (``sandbox.py``);
+4. *score* in this, trusted, process: load the arrays (no pickle), compare each case with
+   the reference, per check, with the manifest's tolerances; a check whose function uses
+   a forbidden call (found in its source, or traced while it ran) scores 0.
+
+The scores are then written into nbgrader's gradebook (so ``nbgrader export``,
+formgrader and feedback agree), with ``OUT/grades.csv``, ``OUT/<student>/results.json``
+(Gradescope's format) and nbgrader's feedback HTML in ``OUT/feedback/``.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import csv
+import json
+import os
+import secrets
+import shutil
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+
+from autograder import references as refs
+from autograder import spec as spec_module
+from autograder.course import REPO, generate_release, nbgrader_config, nbgrader_environment
+from autograder.sandbox import Limits, Sandbox
+from genlab.checks import Case, Rule, compare_outputs, write_npz
+
+RECORDER_LINE = ("record_outputs = __import__('genlab.checks', fromlist=['Recorder'])"
+                 ".Recorder({path!r})  # added by the autograder\n")
+UNSANDBOXED = ("WARNING: graded WITHOUT a sandbox (bubblewrap not found): the submission's code "
+               "ran with the grader's file access; only resource limits applied.")
+
+
+@dataclass
+class CheckResult:
+    check: str
+    points: float
+    max_points: float
+    message: str = ""
+    public: bool = True
+
+
+@dataclass
+class SubmissionResult:
+    student: str
+    checks: list[CheckResult] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    executed: Path | None = None
+    seconds: float = 0.0
+
+    @property
+    def score(self) -> float:
+        return sum(c.points for c in self.checks)
+
+
+# --------------------------------------------------------------------------- sanitize
+
+
+def sanitize(nb, assignment: str, notebook_id: str, student: str, db_url: str):
+    """nbgrader's autograde sanitizing: the locked and hidden cells come back from the gradebook."""
+    from nbgrader.preprocessors import (CheckCellMetadata, ClearOutput, DeduplicateIds,
+                                        OverwriteCells, OverwriteKernelspec)
+
+    resources = {"nbgrader": {"notebook": notebook_id, "assignment": assignment,
+                              "student": student, "db_url": db_url}}
+    steps = [ClearOutput(), DeduplicateIds(), OverwriteKernelspec(),
+             OverwriteCells(add_missing_cells=True), CheckCellMetadata()]
+    for step in steps:
+        nb, resources = step.preprocess(nb, resources)
+    return nb
+
+
+# ------------------------------------------------------------------ forbidden calls
+
+
+def _is_student_cell(cell) -> bool:
+    meta = cell.get("metadata", {}).get("nbgrader", {})
+    return cell.cell_type == "code" and not meta.get("locked", False)
+
+
+def _parse(source: str):
+    lines = [("pass" if line.lstrip().startswith(("%", "!")) else line)
+             for line in source.splitlines()]
+    try:
+        return ast.parse("\n".join(lines))
+    except SyntaxError:
+        return None
+
+
+def forbidden_in_source(nb, function: str, forbidden: list[str]) -> set[str]:
+    """Forbidden calls named in the student's definition of ``function``: attributes or
+    ``getattr`` strings with a forbidden name, or names imported from a forbidden place."""
+    if not forbidden:
+        return set()
+    last = {name.rsplit(".", 1)[-1]: name for name in forbidden}
+    trees = [t for t in (_parse(c.source) for c in nb.cells if _is_student_cell(c)) if t]
+    imported: dict[str, str] = {}  # local name -> forbidden dotted name
+    for tree in trees:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                for alias in node.names:
+                    full = f"{node.module}.{alias.name}"
+                    if full in forbidden or (alias.name in last and node.module.split(".")[0] in ("torch", "genlab")):
+                        imported[alias.asname or alias.name] = last.get(alias.name, full)
+    found = set()
+    for tree in trees:
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.FunctionDef) and node.name == function):
+                continue
+            for inner in ast.walk(node):
+                if isinstance(inner, ast.Attribute) and inner.attr in last:
+                    found.add(last[inner.attr])
+                elif isinstance(inner, ast.Name) and inner.id in imported:
+                    found.add(imported[inner.id])
+                elif isinstance(inner, ast.Constant) and isinstance(inner.value, str) and inner.value in last:
+                    found.add(last[inner.value])
+    return found
+
+
+# ------------------------------------------------------------------------- grading
+
+
+class Grader:
+    def __init__(self, assignment: str, submissions: Path, out: Path, db_url: str | None = None,
+                 sandbox: Sandbox | None = None, references: Path = refs.REFERENCES):
+        self.assignment = assignment
+        self.spec = spec_module.load(assignment)
+        self.notebook_id = Path(self.spec.notebook).stem
+        self.submissions = Path(submissions).resolve()
+        self.out = Path(out).resolve()
+        self.db_url = db_url or f"sqlite:///{self.out / 'gradebook.db'}"
+        self.sandbox = sandbox or Sandbox()
+        self.references = references / assignment
+        self.manifest = refs.load_manifest(assignment, references)
+        self.cases = {name: [Case.load(self.references / e["file"]) for e in check["cases"]]
+                      for name, check in self.manifest["checks"].items()}
+
+    # -- set-up, once per run
+    def prepare(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / ".work").mkdir(exist_ok=True)
+        # nbgrader's sanitizing needs the assignment's cells in the gradebook
+        generate_release(self.assignment, release_root=self.out / ".release", db_url=self.db_url)
+        public = self.out / ".public" / self.assignment
+        shutil.rmtree(public, ignore_errors=True)
+        (public / "public").mkdir(parents=True)
+        for entry in (e for c in self.manifest["checks"].values() if c["public"] for e in c["cases"]):
+            shutil.copy(self.references / entry["file"], public / entry["file"])
+        refs.write_manifest(public, refs.public_manifest(self.manifest))
+        self.public_references = public
+
+    def students(self) -> list[str]:
+        if not self.submissions.is_dir():
+            raise SystemExit(f"no submissions folder at {self.submissions}")
+        return sorted(p.name for p in self.submissions.iterdir()
+                      if p.is_dir() and not p.name.startswith("."))
+
+    # -- one submission
+    def grade_one(self, student: str) -> SubmissionResult:
+        start = time.perf_counter()
+        result = SubmissionResult(student)
+        if not self.sandbox.sandboxed:
+            result.notes.append(UNSANDBOXED)
+        folder = self.submissions / student / self.assignment
+        path = folder / self.spec.notebook
+        nb = None
+        if not path.exists():
+            found = sorted(p.name for p in folder.glob("*")) if folder.is_dir() else []
+            result.notes.append(f"no {self.spec.notebook} in {folder.relative_to(self.submissions)}"
+                                + (f" (found: {', '.join(found)})" if found else " (the folder is empty or missing)"))
+        else:
+            try:
+                nb = nbformat.read(path, as_version=4)
+                nb = sanitize(nb, self.assignment, self.notebook_id, student, self.db_url)
+            except Exception as exc:
+                result.notes.append(f"{self.spec.notebook} could not be read as a notebook "
+                                    f"({type(exc).__name__}: {str(exc)[:200]})")
+                nb = None
+        outputs = None
+        if nb is not None:
+            outputs, executed = self._execute(student, nb, result)
+            result.executed = executed
+        self._score(nb, outputs, result)
+        result.seconds = time.perf_counter() - start
+        return result
+
+    def _execute(self, student: str, nb, result: SubmissionResult) -> tuple[Path, Path]:
+        work = self.out / ".work" / student
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        hidden_parent = work / "rec"
+        recorder = hidden_parent / secrets.token_hex(16)
+        for check_name, check in self.manifest["checks"].items():
+            function_dir = recorder / "inputs" / check["function"]
+            for i, case in enumerate(self.cases[check_name]):
+                write_npz(function_dir / f"{check_name}-{i}.npz",
+                          {f"in.{k}": v for k, v in case.inputs.items()})
+            forbidden_file = function_dir / "forbidden.json"
+            known = json.loads(forbidden_file.read_text()) if forbidden_file.exists() else []
+            forbidden_file.write_text(json.dumps(sorted(set(known) | set(check["forbidden"]))))
+        hidden_parent.chmod(0o311)  # enter, but not list: the recorder's name stays unknown
+        graded_cells = {c["cell"] for c in self.manifest["checks"].values()}
+        for cell in nb.cells:
+            if cell.metadata.get("nbgrader", {}).get("grade_id") in graded_cells and cell.cell_type == "code":
+                cell.source = RECORDER_LINE.format(path=str(recorder)) + cell.source
+        submission = work / self.spec.notebook
+        nbformat.write(nb, submission)
+        executed = work / f"executed-{self.spec.notebook}"
+        run = self.sandbox.run(
+            [sys.executable, "-m", "autograder.execute", submission.name, executed.name,
+             "--cell-timeout", str(self.sandbox.limits.cell_seconds)],
+            work, public_refs=self.public_references, hidden=[self.out])
+        status = next((json.loads(line[len("EXECUTION:"):]) for line in run.stdout.splitlines()
+                       if line.startswith("EXECUTION:")), None)
+        if run.timed_out:
+            result.notes.append(f"the notebook ran past the {self.sandbox.limits.wall_seconds} s "
+                                "limit and was stopped; checks after that point got no output")
+        elif status is None:
+            result.notes.append(f"the notebook runner stopped abnormally (exit {run.returncode}): "
+                                + (run.stderr.strip().splitlines() or ["no message"])[-1][:300])
+        elif status["ended"] != "completed":
+            result.notes.append(f"execution: {status['ended']} ({status.get('detail', '')})")
+        return recorder / "outputs", executed if executed.exists() else None
+
+    def _score(self, nb, outputs: Path | None, result: SubmissionResult) -> None:
+        static: dict[str, set[str]] = {}
+        for name, check in self.manifest["checks"].items():
+            function = check["function"]
+            if nb is not None and function not in static:
+                static[function] = forbidden_in_source(
+                    nb, function, sorted({f for c in self.manifest["checks"].values()
+                                          if c["function"] == function for f in c["forbidden"]}))
+            points, message = self._score_check(name, check, outputs, static.get(function, set()))
+            if nb is None and not message:
+                message = "no notebook to grade"
+            result.checks.append(CheckResult(name, points, check["points"], message, check["public"]))
+        if nb is None:
+            for c in result.checks:
+                c.message = result.notes[-1] if result.notes else c.message
+
+    def _score_check(self, name: str, check: dict, outputs: Path | None,
+                     static_forbidden: set[str]) -> tuple[float, str]:
+        if outputs is None:
+            return 0, "not graded"
+        used = static_forbidden & set(check["forbidden"])
+        rule = Rule.of(check)
+        for i, case in enumerate(self.cases[name]):
+            path = outputs / check["function"] / f"{name}-{i}.npz"
+            where = f"case {i + 1} of {len(self.cases[name])} ({case.describe()})"
+            if not path.exists():
+                return 0, (f"no output recorded for `{check['function']}`: its test cell "
+                           f"({check['cell']}) did not run to the recording line")
+            try:
+                got, error, traced = _load_outputs(path)
+            except Exception as exc:
+                return 0, f"{where}: the recorded output is unreadable ({type(exc).__name__})"
+            used |= traced & set(check["forbidden"])
+            if error:
+                return 0, f"{where}: `{check['function']}` raised {error}"
+            problem = compare_outputs(got, case, rule)
+            if problem:
+                return 0, f"{where}: {problem}"
+        if used:
+            calls = ", ".join(sorted(used))
+            return 0, (f"`{check['function']}` uses {calls}: this exercise asks you to write it "
+                       "yourself, so this check scores 0 even though the values match")
+        return check["points"], ""
+
+    # -- the whole class
+    def run(self, workers: int | None = None, progress: bool = True) -> list[SubmissionResult]:
+        self.prepare()
+        students = self.students()
+        workers = max(1, workers or os.cpu_count() or 1)
+        results: list[SubmissionResult] = []
+        bar = _progress(len(students), f"grading {self.assignment}", progress)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for res in pool.map(self.grade_one, students):
+                results.append(res)
+                bar.update(1)
+        bar.close()
+        self.write(results)
+        return results
+
+    # -- outputs
+    def write(self, results: list[SubmissionResult]) -> None:
+        for res in results:
+            self._save_autograded(res)
+        self._write_gradebook(results)
+        self._write_feedback(results)
+        for res in results:
+            _atomic_write(self.out / res.student / "results.json",
+                          json.dumps(gradescope_results(res), indent=1))
+        rows = [[r.student, self.assignment, c.check, _num(c.points), _num(c.max_points), c.message]
+                for r in results for c in r.checks]
+        path = self.out / "grades.csv"
+        tmp = path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["student", "assignment", "check", "points", "max_points", "message"])
+            writer.writerows(rows)
+        tmp.replace(path)
+
+    def _save_autograded(self, res: SubmissionResult) -> None:
+        """The executed notebook, without the recorder lines, each graded cell followed by
+        the trusted verdict: what nbgrader's feedback shows."""
+        dest = self.out / "autograded" / res.student / self.assignment / self.spec.notebook
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if res.executed is None:
+            source = REPO / "assignments" / self.assignment / self.spec.notebook
+            nb = nbformat.read(source, as_version=4)
+        else:
+            nb = nbformat.read(res.executed, as_version=4)
+        by_cell: dict[str, list[CheckResult]] = {}
+        for c in res.checks:
+            by_cell.setdefault(self.manifest["checks"][c.check]["cell"], []).append(c)
+        for cell in nb.cells:
+            grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
+            if cell.cell_type != "code" or grade_id not in by_cell:
+                continue
+            cell.source = "".join(line for line in cell.source.splitlines(keepends=True)
+                                  if "# added by the autograder" not in line)
+            lines = ["Autograder (trusted comparison outside your notebook):"]
+            for c in by_cell[grade_id]:
+                mark = "✓" if c.points == c.max_points else "✗"
+                lines.append(f"  {mark} {c.check}: {_num(c.points)}/{_num(c.max_points)}"
+                             + (f"  {c.message}" if c.message else ""))
+            cell.outputs.append(nbformat.v4.new_output("stream", name="stdout", text="\n".join(lines) + "\n"))
+        if res.notes:
+            nb.cells.insert(0, nbformat.v4.new_markdown_cell(
+                "**Autograder notes**\n\n" + "\n".join(f"* {n}" for n in res.notes)))
+        _atomic_write(dest, nbformat.writes(nb))
+
+    def _write_gradebook(self, results: list[SubmissionResult]) -> None:
+        from nbgrader.api import Gradebook
+
+        cells: dict[str, float] = {}
+        with nbgrader_environment(), Gradebook(self.db_url) as gb:
+            for res in results:
+                gb.update_or_create_student(res.student)
+                gb.update_or_create_submission(self.assignment, res.student)
+                cells.clear()
+                for c in res.checks:
+                    cell = self.manifest["checks"][c.check]["cell"]
+                    cells[cell] = cells.get(cell, 0) + c.points
+                for cell, score in cells.items():
+                    grade = gb.find_grade(cell, self.notebook_id, self.assignment, res.student)
+                    grade.auto_score = score
+                    grade.needs_manual_grade = False
+                gb.db.commit()
+
+    def _write_feedback(self, results: list[SubmissionResult]) -> None:
+        from nbgrader.apps import NbGraderAPI
+
+        config = nbgrader_config(root=str(self.out), db_url=self.db_url,
+                                 source_directory=str(REPO / "solutions"),
+                                 autograded_directory="autograded", feedback_directory="feedback")
+        config.HTMLExporter.template_name = "feedback"
+        with nbgrader_environment():
+            api = NbGraderAPI(config=config)
+            for res in results:
+                outcome = api.generate_feedback(self.assignment, res.student, force=True)
+                if not outcome["success"]:
+                    res.notes.append("feedback HTML could not be generated: "
+                                     + (outcome.get("error") or "")[-300:])
+
+
+def _load_outputs(path: Path):
+    import numpy as np
+
+    got: dict[int, np.ndarray] = {}
+    error, traced = None, set()
+    with np.load(path, allow_pickle=False) as z:
+        for key in z.files:
+            if key.startswith("out."):
+                got[int(key[4:])] = z[key]
+            elif key == "error":
+                error = str(z[key])
+            elif key == "forbidden":
+                traced = {str(x) for x in z[key].ravel()}
+    return [got[i] for i in sorted(got)], error, traced
+
+
+def gradescope_results(res: SubmissionResult) -> dict:
+    """Gradescope's autograder ``results.json`` format."""
+    return {
+        "score": res.score,
+        "execution_time": round(res.seconds, 2),
+        "output": "\n".join(res.notes),
+        "tests": [{"name": c.check, "score": c.points, "max_score": c.max_points,
+                   "output": c.message or "passed", "visibility": "visible"} for c in res.checks],
+    }
+
+
+def _num(x: float) -> str:
+    return f"{x:g}"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="submission", disable=not enabled, file=sys.stderr)
+
+
+def grade(assignment: str, submissions: Path, out: Path, workers: int | None = None,
+          db_url: str | None = None, sandbox: Sandbox | None = None,
+          progress: bool = True) -> list[SubmissionResult]:
+    return Grader(assignment, submissions, out, db_url, sandbox).run(workers, progress)
+
+
+__all__ = ["grade", "Grader", "SubmissionResult", "CheckResult", "Limits", "Sandbox"]

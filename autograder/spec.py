@@ -1,0 +1,87 @@
+"""What an assignment grades: checks, their cases, points and tolerances.
+
+An assignment is a list of :class:`Check`. A check belongs to one nbgrader grade cell
+(its ``cell``), grades one student function (its ``function``), and is worth
+``points`` when *every* one of its cases matches the reference. Cases are built from
+seeds by the assignment's spec module (``autograder/specs/``); the reference builder
+turns them into ``.npz`` files and ``manifest.json``. Specs are instructor-only: they
+name the hidden cases.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+# Smallest tolerances a correct from-scratch solution must meet; a reordering of the
+# same arithmetic (scale q before the matmul, say) stays well inside them. The verify
+# step raises them if CPU and GPU differ by more (see references.py).
+TOLERANCE_FLOOR = {
+    "float32": {"rtol": 1e-4, "atol": 1e-5},
+    "float64": {"rtol": 1e-9, "atol": 1e-10},
+    "bool": {"rtol": 0.0, "atol": 0.0},
+    "int64": {"rtol": 0.0, "atol": 0.0},
+}
+
+
+@dataclass
+class CaseSpec:
+    """One call of the graded function: ``make()`` returns its keyword arguments
+    (tensors, numbers, or "genlab:<name>" callables); ``meta`` describes it in messages."""
+
+    make: Callable[[], dict]
+    meta: dict
+
+
+@dataclass
+class Check:
+    name: str                     # "sdpa.fully_masked": one row of grades.csv
+    function: str                 # the student's function, by its name in the notebook
+    cell: str                     # the nbgrader grade_id of the test cell that records it
+    points: int
+    public: bool                  # public references ship to students
+    reference: str                # dotted name of genlab's reference implementation
+    cases: list[CaseSpec]
+    dtype: str = "float32"
+    compare: str = "allclose"     # "exact" for masks, token ids, booleans
+    outputs: tuple[str, ...] = ("output",)
+    forbidden: tuple[str, ...] = ()   # calls the student's function must not make
+    # known bug -> (dotted name of a buggy variant, the message a student sees on matching it)
+    bugs: dict[str, tuple[str, str]] = field(default_factory=dict)
+    description: str = ""
+
+
+@dataclass
+class Assignment:
+    name: str                     # "01_attention": folder under solutions/ and assignments/
+    notebook: str                 # "attention.ipynb"
+    checks: list[Check]
+    # Sample submissions for `make demo`: name -> how to make it from the source notebook
+    # (see samples.py); with the points each must score.
+    samples: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def max_points(self) -> int:
+        return sum(c.points for c in self.checks)
+
+    def check(self, name: str) -> Check:
+        return next(c for c in self.checks if c.name == name)
+
+    def cells(self) -> dict[str, list[Check]]:
+        cells: dict[str, list[Check]] = {}
+        for c in self.checks:
+            cells.setdefault(c.cell, []).append(c)
+        return cells
+
+
+SPEC_MODULES = {
+    "01_attention": "autograder.specs.a01_attention",
+}
+
+
+def load(assignment: str) -> Assignment:
+    if assignment not in SPEC_MODULES:
+        known = ", ".join(sorted(SPEC_MODULES))
+        raise SystemExit(f"unknown assignment {assignment!r} (known: {known})")
+    return importlib.import_module(SPEC_MODULES[assignment]).SPEC

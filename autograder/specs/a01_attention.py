@@ -1,0 +1,266 @@
+"""Assignment 1, "Attention and masks": what is graded, on which inputs, for how many points.
+
+Public checks run in the student's notebook; hidden checks (other shapes, float64,
+fully masked rows, a sliding-window attention) run only at grading.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from autograder.spec import Assignment, CaseSpec, Check
+from genlab.attention import scaled_dot_product_attention, split_heads
+
+ATTENTION_CALLS = (
+    "torch.nn.functional.scaled_dot_product_attention",
+    "torch.nn.MultiheadAttention",
+    "genlab.attention.scaled_dot_product_attention",
+    "genlab.attention.MultiHeadAttention",
+    "genlab.attention.multi_head_self_attention",
+)
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# ------------------------------------------------------------------------------ cases
+
+
+def causal_case(T: int) -> CaseSpec:
+    return CaseSpec(make=lambda: {"T": T}, meta={"T": T})
+
+
+def padding_case(seed: int, B: int, T: int, dtype: str = "int64", rows: str = "random") -> CaseSpec:
+    def make():
+        lengths = torch.randint(1, T + 1, (B,), generator=_gen(seed))
+        if rows == "edge":  # one row without padding, one fully padded
+            lengths[0], lengths[-1] = T, 0
+        attention_mask = (torch.arange(T)[None, :] < lengths[:, None]).to(getattr(torch, dtype))
+        return {"attention_mask": attention_mask}
+
+    return CaseSpec(make=make, meta={"B": B, "T": T, "dtype": dtype, "seed": seed, "rows": rows})
+
+
+def sdpa_case(seed: int, B=1, H=2, Tq=4, Tk=4, D=8, Dv=None, dtype="float32",
+              mask: str = "none") -> CaseSpec:
+    """mask: none | padding (B,1,1,Tk) | random (B,1,Tq,Tk) | causal (is_causal=True) |
+    fully_masked (a random mask with query row 1 blocked everywhere)."""
+    Dv = Dv or D
+
+    def make():
+        g, dt = _gen(seed), getattr(torch, dtype)
+        q = torch.randn(B, H, Tq, D, generator=g, dtype=dt)
+        k = torch.randn(B, H, Tk, D, generator=g, dtype=dt)
+        v = torch.randn(B, H, Tk, Dv, generator=g, dtype=dt)
+        inputs = {"q": q, "k": k, "v": v}
+        if mask == "padding":
+            lengths = torch.randint(1, Tk + 1, (B,), generator=g)
+            inputs["attn_mask"] = (torch.arange(Tk)[None, :] < lengths[:, None])[:, None, None, :]
+        elif mask in ("random", "fully_masked"):
+            attn_mask = torch.rand(B, 1, Tq, Tk, generator=g) < 0.6
+            attn_mask[..., 0] = True  # every query sees at least one key ...
+            if mask == "fully_masked":
+                attn_mask[:, :, 1, :] = False  # ... but query 1, which sees none
+            inputs["attn_mask"] = attn_mask
+        elif mask == "causal":
+            inputs["is_causal"] = True
+        return inputs
+
+    return CaseSpec(make=make, meta={"B": B, "H": H, "Tq": Tq, "Tk": Tk, "D": D, "Dv": Dv,
+                                     "dtype": dtype, "mask": mask, "seed": seed})
+
+
+def heads_case(seed: int, B: int, T: int, C: int, H: int, split: bool, dtype="float32") -> CaseSpec:
+    def make():
+        g, dt = _gen(seed), getattr(torch, dtype)
+        if split:
+            return {"x": torch.randn(B, T, C, generator=g, dtype=dt), "n_heads": H}
+        return {"x": torch.randn(B, H, T, C // H, generator=g, dtype=dt)}
+
+    shape = {"B": B, "T": T, "C": C, "n_heads": H} if split else {"B": B, "H": H, "T": T, "Dh": C // H}
+    return CaseSpec(make=make, meta={**shape, "dtype": dtype, "seed": seed})
+
+
+def mha_case(seed: int, B=2, T=5, C=8, H=2, dtype="float32", mask="none") -> CaseSpec:
+    def make():
+        g, dt = _gen(seed), getattr(torch, dtype)
+        inputs = {"x": torch.randn(B, T, C, generator=g, dtype=dt)}
+        for name in ("W_q", "W_k", "W_v", "W_o"):
+            inputs[name] = torch.randn(C, C, generator=g, dtype=dt) / math.sqrt(C)
+        inputs["n_heads"] = H
+        if mask == "causal":
+            inputs["is_causal"] = True
+        elif mask == "padding":
+            lengths = torch.randint(1, T + 1, (B,), generator=g)
+            inputs["attn_mask"] = (torch.arange(T)[None, :] < lengths[:, None])[:, None, None, :]
+        return inputs
+
+    return CaseSpec(make=make, meta={"B": B, "T": T, "C": C, "n_heads": H, "dtype": dtype,
+                                     "mask": mask, "seed": seed})
+
+
+def dependence_case(seed: int, attention: str, B=1, T=6, C=8) -> CaseSpec:
+    def make():
+        return {"attention": f"genlab:{attention}",
+                "x": torch.randn(B, T, C, generator=_gen(seed), dtype=torch.float64)}
+
+    return CaseSpec(make=make, meta={"attention": attention, "B": B, "T": T, "C": C, "seed": seed})
+
+
+# ------------------------------------------------------------------------- known bugs
+
+
+def sdpa_without_scale(q, k, v, attn_mask=None, is_causal=False):
+    return scaled_dot_product_attention(q * math.sqrt(q.shape[-1]), k, v, attn_mask, is_causal)
+
+
+def sdpa_inverted_mask(q, k, v, attn_mask=None, is_causal=False):
+    if attn_mask is None:
+        return scaled_dot_product_attention(q, k, v, None, is_causal)
+    return scaled_dot_product_attention(q, k, v, ~attn_mask, is_causal)
+
+
+def sdpa_softmax_over_queries(q, k, v, attn_mask=None, is_causal=False):
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, Tq, Tk)
+    if is_causal:
+        attn_mask = torch.ones(scores.shape[-2:], dtype=torch.bool).tril()
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, torch.finfo(scores.dtype).min)
+    weights = scores.softmax(dim=-2)
+    return weights @ v, weights
+
+
+def split_heads_reshape_only(x, n_heads):
+    B, T, C = x.shape
+    return x.reshape(B, n_heads, T, C // n_heads)
+
+
+def mha_without_output_projection(x, W_q, W_k, W_v, W_o, n_heads, attn_mask=None, is_causal=False):
+    from genlab.attention import multi_head_self_attention
+
+    identity = torch.eye(W_o.shape[0], dtype=W_o.dtype)
+    return multi_head_self_attention(x, W_q, W_k, W_v, identity, n_heads, attn_mask, is_causal)
+
+
+_HERE = "autograder.specs.a01_attention"
+SDPA_BUGS = {
+    "no_scale": (f"{_HERE}.sdpa_without_scale",
+                 "your output equals attention WITHOUT the 1/sqrt(d) scaling of the scores"),
+    "inverted_mask": (f"{_HERE}.sdpa_inverted_mask",
+                      "mask polarity inverted: True must mean 'may attend' (you blocked the allowed keys)"),
+    "softmax_over_queries": (f"{_HERE}.sdpa_softmax_over_queries",
+                             "softmax over the wrong dimension: each query's weights must sum to 1 "
+                             "over the keys (dim=-1)"),
+}
+SPLIT_BUGS = {"reshape_without_transpose": (
+    f"{_HERE}.split_heads_reshape_only",
+    "reshaping straight to (B, H, T, C/H) mixes tokens across heads: view as (B, T, H, C/H), "
+    "then transpose(1, 2)")}
+MHA_BUGS = {"no_output_projection": (f"{_HERE}.mha_without_output_projection",
+                                     "the output projection W_o is missing")}
+
+# ------------------------------------------------------------------------------ checks
+
+SPEC = Assignment(
+    name="01_attention",
+    notebook="attention.ipynb",
+    checks=[
+        Check("causal_mask", "causal_mask", "test_causal_mask", 1, True,
+              "genlab.masks.causal_mask", [causal_case(4), causal_case(6)],
+              dtype="bool", compare="exact", outputs=("mask",),
+              forbidden=("genlab.masks.causal_mask", "genlab.masks.sliding_window_mask"),
+              description="causal mask, small T"),
+        Check("causal_mask.hidden", "causal_mask", "test_causal_mask", 1, False,
+              "genlab.masks.causal_mask", [causal_case(1), causal_case(9), causal_case(16)],
+              dtype="bool", compare="exact", outputs=("mask",),
+              forbidden=("genlab.masks.causal_mask", "genlab.masks.sliding_window_mask"),
+              description="causal mask, T = 1 and larger T"),
+        Check("padding_mask", "padding_mask", "test_padding_mask", 1, True,
+              "genlab.masks.padding_mask", [padding_case(0, B=2, T=5)],
+              dtype="bool", compare="exact", outputs=("mask",),
+              forbidden=("genlab.masks.padding_mask",),
+              description="padding mask from an int 0/1 attention_mask"),
+        Check("padding_mask.hidden", "padding_mask", "test_padding_mask", 1, False,
+              "genlab.masks.padding_mask",
+              [padding_case(1, B=3, T=7, dtype="float32"), padding_case(2, B=3, T=4, rows="edge"),
+               padding_case(3, B=1, T=1)],
+              dtype="bool", compare="exact", outputs=("mask",),
+              forbidden=("genlab.masks.padding_mask",),
+              description="padding mask: float input, no padding, all padding, T = 1"),
+        Check("sdpa", "scaled_dot_product_attention", "test_sdpa", 1, True,
+              "genlab.attention.scaled_dot_product_attention",
+              [sdpa_case(0), sdpa_case(1, B=2, Tq=5, Tk=5, mask="padding")],
+              outputs=("output", "weights"), forbidden=ATTENTION_CALLS, bugs=SDPA_BUGS,
+              description="attention without a mask and with a padding mask"),
+        Check("sdpa.causal", "scaled_dot_product_attention", "test_sdpa", 1, False,
+              "genlab.attention.scaled_dot_product_attention",
+              [sdpa_case(2, B=2, H=3, Tq=6, Tk=6, D=4, mask="causal")],
+              outputs=("output", "weights"), forbidden=ATTENTION_CALLS, bugs=SDPA_BUGS,
+              description="attention with is_causal=True"),
+        Check("sdpa.float64", "scaled_dot_product_attention", "test_sdpa", 1, False,
+              "genlab.attention.scaled_dot_product_attention",
+              [sdpa_case(3, B=3, H=1, Tq=3, Tk=7, D=5, Dv=6, dtype="float64", mask="random")],
+              dtype="float64", outputs=("output", "weights"), forbidden=ATTENTION_CALLS,
+              bugs=SDPA_BUGS, description="float64, Tq != Tk, Dv != D, a random mask"),
+        Check("sdpa.fully_masked", "scaled_dot_product_attention", "test_sdpa", 1, False,
+              "genlab.attention.scaled_dot_product_attention",
+              [sdpa_case(4, B=2, H=2, Tq=4, Tk=5, D=4, mask="fully_masked")],
+              outputs=("output", "weights"), forbidden=ATTENTION_CALLS, bugs=SDPA_BUGS,
+              description="a query row with every key blocked gives zeros, not NaN"),
+        Check("split_heads", "split_heads", "test_heads", 1, True,
+              "genlab.attention.split_heads", [heads_case(0, 2, 3, 8, 2, split=True)],
+              outputs=("heads",), bugs=SPLIT_BUGS,
+              description="(B, T, C) -> (B, H, T, C/H)"),
+        Check("split_heads.hidden", "split_heads", "test_heads", 1, False,
+              "genlab.attention.split_heads",
+              [heads_case(1, 1, 5, 12, 4, split=True), heads_case(2, 3, 2, 6, 1, split=True, dtype="float64")],
+              outputs=("heads",), bugs=SPLIT_BUGS,
+              description="other head counts, one head, float64"),
+        Check("merge_heads", "merge_heads", "test_heads", 1, True,
+              "genlab.attention.merge_heads", [heads_case(0, 2, 3, 8, 2, split=False)],
+              outputs=("merged",), description="(B, H, T, D) -> (B, T, H*D)"),
+        Check("merge_heads.hidden", "merge_heads", "test_heads", 1, False,
+              "genlab.attention.merge_heads",
+              [heads_case(1, 1, 5, 12, 4, split=False), heads_case(2, 3, 2, 6, 1, split=False, dtype="float64")],
+              outputs=("merged",), description="other head counts, one head, float64"),
+        Check("mha", "multi_head_self_attention", "test_mha", 1, True,
+              "genlab.attention.multi_head_self_attention",
+              [mha_case(0), mha_case(1, mask="causal")],
+              forbidden=ATTENTION_CALLS,
+              bugs=MHA_BUGS,
+              description="multi-head self-attention, without a mask and causal"),
+        Check("mha.hidden", "multi_head_self_attention", "test_mha", 1, False,
+              "genlab.attention.multi_head_self_attention",
+              [mha_case(2, B=3, T=6, C=16, H=4, dtype="float64", mask="padding")],
+              dtype="float64", forbidden=ATTENTION_CALLS,
+              bugs=MHA_BUGS,
+              description="float64, four heads, a padding mask"),
+        Check("dependence_map", "dependence_map", "test_dependence", 1, True,
+              "genlab.attention.dependence_map",
+              [dependence_case(0, "causal_attention"), dependence_case(1, "full_attention")],
+              dtype="bool", compare="exact", outputs=("dependence",),
+              forbidden=("genlab.attention.dependence_map",),
+              description="the causality experiment on causal and full attention"),
+        Check("dependence_map.hidden", "dependence_map", "test_dependence", 1, False,
+              "genlab.attention.dependence_map",
+              [dependence_case(2, "window_attention", T=7), dependence_case(3, "causal_attention", B=2, T=4)],
+              dtype="bool", compare="exact", outputs=("dependence",),
+              forbidden=("genlab.attention.dependence_map",),
+              description="a sliding-window attention; a batch of two"),
+    ],
+    samples={
+        # solved: the solution cells (by grade_id) that carry the solution; the rest stay blank.
+        # lost: the checks it must fail ("all" for every one); it scores all other points.
+        "solution": {"solved": "all", "lost": []},
+        "blank": {"solved": [], "lost": "all"},
+        "partial": {"solved": ["causal_mask", "padding_mask", "sdpa"],
+                    "lost": ["split_heads", "split_heads.hidden", "merge_heads", "merge_heads.hidden",
+                             "mha", "mha.hidden", "dependence_map", "dependence_map.hidden"]},
+        # the classic polarity bug: True where attention_mask is 0
+        "polarity": {"solved": "all", "lost": ["padding_mask", "padding_mask.hidden"],
+                     "edit": {"padding_mask": ["attention_mask != 0", "attention_mask == 0"]}},
+    },
+)

@@ -1,0 +1,468 @@
+"""Checks for the course's assignments: run a function on stored cases, explain any mismatch.
+
+Each graded function of an assignment has *checks*; each check has *cases*, stored as
+plain ``.npz`` files (no pickle) under ``autograder/references/<assignment>/``:
+
+    in.<name>      an input (array; a 0-d array for a number or flag; a string
+                   "genlab:<name>" for a callable from ``NAMED_CALLABLES``)
+    out.<i>        the i-th expected output        (absent from the files the grader
+    alt.<bug>.<i>  the output of a known bug        hands to the student's kernel)
+    meta           JSON: the case's parameters, for messages
+
+This module has three users:
+
+* the student's notebook: ``AssignmentChecks(...).check(name, fn)`` runs the *public*
+  cases and raises ``AssertionError`` with a message that says what is wrong and
+  where. These checks teach; they never grade.
+* the student's kernel during grading: ``Recorder(directory)`` only runs the student's
+  function on the inputs the grader put there and saves what it returned as arrays.
+* the grader's own trusted process: ``compare_outputs`` decides each check.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+# ----------------------------------------------------------------------------- files
+
+
+def references_root() -> Path:
+    """Where references live: ``$GENLAB_REFERENCES`` or ``<repo>/autograder/references``."""
+    env = os.environ.get("GENLAB_REFERENCES")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "autograder" / "references"
+
+
+def save_case(path: Path, inputs: dict, outputs: list | None = None,
+              alternatives: dict | None = None, meta: dict | None = None) -> None:
+    """Write one case as a plain ``.npz`` (inputs as given: arrays, numbers, strings)."""
+    arrays = {f"in.{k}": np.asarray(v) for k, v in inputs.items()}
+    for i, out in enumerate(outputs or []):
+        arrays[f"out.{i}"] = np.asarray(out)
+    for bug, outs in (alternatives or {}).items():
+        for i, out in enumerate(outs):
+            arrays[f"alt.{bug}.{i}"] = np.asarray(out)
+    arrays["meta"] = np.asarray(json.dumps(meta or {}, sort_keys=True))
+    write_npz(path, arrays)
+
+
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Like ``np.savez`` but byte-for-byte reproducible (fixed zip timestamps), so a
+    rebuilt reference has the same sha256 as the one in the manifest."""
+    import io
+    import zipfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for key in sorted(arrays):
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, np.asarray(arrays[key]), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, buffer.getvalue())
+
+
+@dataclass
+class Case:
+    inputs: dict[str, np.ndarray]
+    expected: list[np.ndarray] = field(default_factory=list)
+    alternatives: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path) -> "Case":
+        case = cls(inputs={})
+        with np.load(path, allow_pickle=False) as z:
+            for key in z.files:
+                kind, _, rest = key.partition(".")
+                if kind == "in":
+                    case.inputs[rest] = z[key]
+                elif kind == "out":
+                    case.expected.append((int(rest), z[key]))
+                elif kind == "alt":
+                    bug, _, i = rest.rpartition(".")
+                    case.alternatives.setdefault(bug, []).append((int(i), z[key]))
+                elif kind == "meta":
+                    case.meta = json.loads(str(z[key]))
+        case.expected = [a for _, a in sorted(case.expected, key=lambda t: t[0])]
+        case.alternatives = {b: [a for _, a in sorted(v, key=lambda t: t[0])]
+                             for b, v in case.alternatives.items()}
+        return case
+
+    def describe(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.meta.items()) or "no parameters"
+
+
+# ------------------------------------------------------------------- calling a function
+
+
+def _causal_attention() -> Callable:
+    return _seeded_self_attention(is_causal=True)
+
+
+def _full_attention() -> Callable:
+    return _seeded_self_attention(is_causal=False)
+
+
+def _window_attention() -> Callable:
+    from genlab.masks import sliding_window_mask
+
+    return _seeded_self_attention(mask_fn=lambda T: sliding_window_mask(T, window=3))
+
+
+def _seeded_self_attention(is_causal: bool = False, mask_fn=None, d_model: int = 8,
+                           n_heads: int = 2, seed: int = 0) -> Callable:
+    """A fixed multi-head self-attention (B, T, d_model) -> (B, T, d_model), weights from ``seed``."""
+    from genlab.attention import multi_head_self_attention
+
+    g = torch.Generator().manual_seed(seed)
+    W = [torch.randn(d_model, d_model, generator=g, dtype=torch.float64) / d_model**0.5
+         for _ in range(4)]
+
+    def attention(x: torch.Tensor) -> torch.Tensor:
+        mask = mask_fn(x.shape[1]) if mask_fn else None
+        Ws = [w.to(dtype=x.dtype, device=x.device) for w in W]
+        return multi_head_self_attention(x, *Ws, n_heads=n_heads, attn_mask=mask,
+                                         is_causal=is_causal)
+
+    return attention
+
+
+# Callables a case may pass to the function under test (stored as "genlab:<name>").
+NAMED_CALLABLES: dict[str, Callable[[], Callable]] = {
+    "causal_attention": _causal_attention,
+    "full_attention": _full_attention,
+    "window_attention": _window_attention,
+}
+
+
+def call_arguments(inputs: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Stored inputs -> keyword arguments: arrays become tensors, 0-d arrays Python scalars."""
+    kwargs = {}
+    for name, value in inputs.items():
+        if value.dtype.kind == "U":
+            text = str(value)
+            if not text.startswith("genlab:") or text[7:] not in NAMED_CALLABLES:
+                raise ValueError(f"input {name!r}: unknown callable {text!r}")
+            kwargs[name] = NAMED_CALLABLES[text[7:]]()
+        elif value.ndim == 0:
+            kwargs[name] = value.item()
+        else:
+            kwargs[name] = torch.from_numpy(np.array(value))
+    return kwargs
+
+
+class ReturnTypeError(TypeError):
+    pass
+
+
+def _to_array(value: Any, where: str) -> np.ndarray:
+    """A returned value as a plain array, without trusting the object's own methods."""
+    if isinstance(value, torch.Tensor):
+        with torch._C.DisableTorchFunctionSubclass():
+            plain = torch.Tensor.as_subclass(value, torch.Tensor)
+            plain = torch.Tensor.detach(plain)
+            plain = torch.Tensor.cpu(plain)
+            if plain.dtype == torch.bfloat16:
+                plain = plain.float()
+            return np.array(torch.Tensor.numpy(plain), copy=True)
+    if type(value) is np.ndarray:
+        return np.array(value, copy=True)
+    if type(value) in (bool, int, float):
+        return np.asarray(value)
+    raise ReturnTypeError(f"{where} is a {type(value).__name__}, expected a torch.Tensor")
+
+
+def outputs_as_arrays(result: Any) -> list[np.ndarray]:
+    """A function's return value (a tensor or a tuple/list of them) -> list of arrays."""
+    if type(result) in (tuple, list):
+        return [_to_array(r, f"returned value {i}") for i, r in enumerate(result)]
+    return [_to_array(result, "the returned value")]
+
+
+def short_error(exc: BaseException) -> str:
+    """'NotImplementedError' or 'ValueError: ... (line 4 of your cell)' for messages."""
+    if isinstance(exc, NotImplementedError):
+        return "NotImplementedError: not implemented yet"
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if f.filename.startswith("<ipython-input") or "ipykernel" in f.filename
+              or f.filename.startswith("/tmp/ipykernel")]
+    where = f" (line {frames[-1].lineno} of your code: {frames[-1].line})" if frames else ""
+    text = f"{type(exc).__name__}: {exc}"
+    return (text[:300] + "...") if len(text) > 300 else text + where
+
+
+def run_case(fn: Callable, case: Case) -> tuple[list[np.ndarray], str | None]:
+    """Call ``fn(**inputs)``; return (outputs, None) or ([], error message)."""
+    try:
+        result = fn(**call_arguments(case.inputs))
+        return outputs_as_arrays(result), None
+    except Exception as exc:  # the student's code may raise anything
+        return [], short_error(exc)
+
+
+# --------------------------------------------------------------------------- comparing
+
+
+@dataclass
+class Rule:
+    """How a check compares outputs (from its manifest entry)."""
+
+    compare: str = "allclose"          # "allclose" | "exact"
+    rtol: float = 1e-5
+    atol: float = 1e-6
+    output_names: tuple[str, ...] = ("output",)
+    bug_messages: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, check: dict) -> "Rule":
+        return cls(compare=check["compare"], rtol=check["rtol"], atol=check["atol"],
+                   output_names=tuple(check["outputs"]), bug_messages=check.get("bugs", {}))
+
+
+def _index(idx) -> str:
+    return "[" + ", ".join(str(int(i)) for i in idx) + "]"
+
+
+def _mask_difference(got: np.ndarray, expected: np.ndarray) -> str:
+    """Say, in the words of attention, where a boolean mask goes wrong."""
+    if np.array_equal(got, ~expected):
+        return "mask polarity inverted: True must mean 'may attend' (False = blocked)"
+    wrong = np.argwhere(got != expected)
+    first = tuple(wrong[0])
+    if got.ndim >= 2:
+        q, k = first[-2], first[-1]
+        if got.shape[-2] == 1:  # a padding mask (B, 1, 1, T): keys only
+            b = first[0] if got.ndim == 4 else 0
+            if got[first]:
+                return (f"batch {b}: key {k} is padding (attention_mask 0) but the mask "
+                        f"lets queries attend to it ({len(wrong)} positions wrong)")
+            return (f"batch {b}: key {k} is a real token (attention_mask 1) but the mask "
+                    f"blocks it ({len(wrong)} positions wrong)")
+        if got[first] and k > q:
+            return f"query {q} may attend to key {k}: the mask leaks the future"
+        if got[first]:
+            return f"query {q} may attend to key {k}, which must be blocked"
+        return f"query {q} may not attend to key {k}, which must be allowed"
+    return f"value at {_index(first)} is {got[first]}, expected {expected[first]}"
+
+
+def compare_array(got: np.ndarray, expected: np.ndarray, tol: Rule, name: str) -> str | None:
+    """None when ``got`` matches ``expected``; otherwise what is wrong and where."""
+    if got.shape != expected.shape:
+        return f"`{name}` has shape {tuple(got.shape)}, expected {tuple(expected.shape)}"
+    if expected.dtype == np.bool_:
+        if got.dtype != np.bool_:
+            return f"`{name}` has dtype {got.dtype}, expected torch.bool (True = may attend)"
+        if not np.array_equal(got, expected):
+            return _mask_difference(got, expected)
+        return None
+    if got.dtype.kind != expected.dtype.kind or (
+            expected.dtype.kind == "f" and got.dtype != expected.dtype):
+        return f"`{name}` has dtype {got.dtype}, expected {expected.dtype}"
+    if tol.compare == "exact" or expected.dtype.kind in "iub":
+        if not np.array_equal(got, expected):
+            idx = tuple(np.argwhere(got != expected)[0])
+            return f"`{name}` differs at {_index(idx)}: got {got[idx]}, expected {expected[idx]}"
+        return None
+    bad_nan = np.isnan(got) & ~np.isnan(expected)
+    if bad_nan.any():
+        idx = tuple(np.argwhere(bad_nan)[0])
+        hint = " (a fully masked query row must give zeros, not NaN)" if (expected == 0).any() else ""
+        return f"`{name}` contains NaN at {_index(idx)}{hint}"
+    if not np.allclose(got, expected, rtol=tol.rtol, atol=tol.atol, equal_nan=True):
+        err = np.abs(got.astype(np.float64) - expected)
+        err = np.where(np.isnan(err), np.inf, err)
+        idx = tuple(np.unravel_index(np.argmax(err), err.shape))
+        return (f"`{name}` differs: largest error {err[idx]:.3g} at {_index(idx)} "
+                f"(got {got[idx]:.6g}, expected {expected[idx]:.6g}; "
+                f"tolerance rtol={tol.rtol:g}, atol={tol.atol:g})")
+    return None
+
+
+def compare_outputs(got: list[np.ndarray], case: Case, tol: Rule) -> str | None:
+    """None when every output matches; otherwise one message that explains the first problem."""
+    n = len(case.expected)
+    if len(got) != n:
+        names = ", ".join(tol.output_names[:n]) if len(tol.output_names) >= n else f"{n} values"
+        return f"returned {len(got)} value(s), expected {n} ({names})"
+    for bug, outs in case.alternatives.items():
+        if len(outs) == n and all(
+                g.shape == o.shape and compare_array(g, o, tol, "x") is None
+                for g, o in zip(got, outs)):
+            if not all(compare_array(g, e, tol, "x") is None for g, e in zip(got, case.expected)):
+                return tol.bug_messages.get(bug, f"your output matches a known bug: {bug}")
+    for i, (g, e) in enumerate(zip(got, case.expected)):
+        name = tol.output_names[i] if i < len(tol.output_names) else f"output {i}"
+        problem = compare_array(g, e, tol, name)
+        if problem:
+            return problem
+    return None
+
+
+# ----------------------------------------------------------- in the student's notebook
+
+
+def _manifest(assignment: str, root: Path | None = None) -> dict:
+    path = (root or references_root()) / assignment / "manifest.json"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"no references for {assignment!r} at {path}; instructors build them with "
+            f"`python -m autograder references build {assignment}`")
+    return json.loads(path.read_text())
+
+
+class AssignmentChecks:
+    """The public checks of one assignment, as called from its notebook."""
+
+    def __init__(self, assignment: str, root: Path | None = None):
+        self.assignment = assignment
+        self.root = root or references_root()
+        self.manifest = _manifest(assignment, self.root)
+
+    def _checks_of(self, function: str, public: bool) -> list[tuple[str, dict]]:
+        return [(name, c) for name, c in self.manifest["checks"].items()
+                if c["function"] == function and c["public"] == public]
+
+    def _run(self, function: str, fn: Callable, public: bool) -> list[tuple[str, str | None]]:
+        verdicts = []
+        for name, check in self._checks_of(function, public):
+            problem = None
+            for i, entry in enumerate(check["cases"]):
+                case = Case.load(self.root / self.assignment / entry["file"])
+                outputs, error = run_case(fn, case)
+                problem = error or compare_outputs(outputs, case, Rule.of(check))
+                if problem:
+                    problem = f"case {i + 1} of {len(check['cases'])} ({case.describe()}): {problem}"
+                    break
+            verdicts.append((name, problem))
+        return verdicts
+
+    def check(self, function: str, fn: Callable) -> None:
+        """Run the public cases of ``function``; raise AssertionError explaining the first problem."""
+        if not callable(fn):
+            raise AssertionError(f"`{function}` is not a function (got {type(fn).__name__})")
+        verdicts = self._run(function, fn, public=True)
+        if not verdicts:
+            raise AssertionError(f"no public checks for `{function}` in {self.assignment}")
+        failed = [(n, p) for n, p in verdicts if p]
+        if failed:
+            raise AssertionError("\n".join(f"{n}: {p}" for n, p in failed))
+        cases = sum(len(c["cases"]) for _, c in self._checks_of(function, True))
+        print(f"✓ {function}: {cases} public case(s) match the reference. "
+              "Hidden cases are graded after you submit.")
+
+    def record(self, function: str, fn: Callable) -> None:
+        """Outside grading: where the hidden references are present (the instructor's copy),
+        run the hidden checks too; a student's copy has none and this does nothing."""
+        verdicts = self._run(function, fn, public=False)
+        for name, problem in verdicts:
+            print(f"{'✓' if problem is None else '✗'} hidden check {name}"
+                  + (f": {problem}" if problem else ""))
+
+
+# ------------------------------------------------------------ in the kernel, at grading
+
+
+class Recorder:
+    """Runs a student's function on the grader's inputs and saves the outputs as arrays.
+
+    ``directory/inputs/<function>/*.npz`` hold inputs only; outputs go to
+    ``directory/outputs/<function>/<same name>.npz`` with keys ``out.<i>``, or ``error``.
+    Calls listed in ``inputs/<function>/forbidden.json`` are traced while the function
+    runs; the ones it made are saved under ``forbidden``. Scoring happens elsewhere.
+    """
+
+    def __init__(self, directory: str):
+        self.directory = Path(directory)
+
+    def __call__(self, function: str, fn: Callable | None = None) -> None:
+        inputs_dir = self.directory / "inputs" / function
+        out_dir = self.directory / "outputs" / function
+        out_dir.mkdir(parents=True, exist_ok=True)
+        forbidden_file = inputs_dir / "forbidden.json"
+        forbidden = json.loads(forbidden_file.read_text()) if forbidden_file.exists() else []
+        for path in sorted(inputs_dir.glob("*.npz")):
+            case = Case.load(path)
+            arrays: dict[str, np.ndarray] = {}
+            if not callable(fn):
+                arrays["error"] = np.asarray(f"`{function}` is not defined as a function")
+            else:
+                with CallTracer(forbidden) as tracer:
+                    outputs, error = run_case(fn, case)
+                for i, out in enumerate(outputs):
+                    arrays[f"out.{i}"] = out
+                if error:
+                    arrays["error"] = np.asarray(error)
+                arrays["forbidden"] = np.asarray(sorted(tracer.used), dtype=str)
+            write_npz(out_dir / path.name, arrays)
+        print(f"[autograder] recorded the outputs of `{function}`")
+
+
+def resolve(dotted: str) -> Any:
+    """'torch.nn.functional.scaled_dot_product_attention' -> the object."""
+    import importlib
+
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for attr in parts[cut:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ImportError(dotted)
+
+
+class CallTracer:
+    """Records which of the named callables run while it is active (via ``sys.setprofile``)."""
+
+    def __init__(self, names: list[str]):
+        self.used: set[str] = set()
+        self._builtins: dict[int, str] = {}
+        self._codes: dict[Any, str] = {}
+        for name in names:
+            try:
+                obj = resolve(name)
+            except (ImportError, AttributeError):
+                continue
+            if isinstance(obj, type):
+                for method in ("__init__", "forward"):
+                    code = getattr(getattr(obj, method, None), "__code__", None)
+                    if code is not None:
+                        self._codes[code] = name
+            elif hasattr(obj, "__code__"):
+                self._codes[obj.__code__] = name
+            else:
+                self._builtins[id(obj)] = name
+
+    def _profile(self, frame, event, arg):
+        if event == "call":
+            name = self._codes.get(frame.f_code)
+            if name:
+                self.used.add(name)
+        elif event == "c_call":
+            name = self._builtins.get(id(arg))
+            if name:
+                self.used.add(name)
+
+    def __enter__(self) -> "CallTracer":
+        if self._codes or self._builtins:
+            self._previous = sys.getprofile()
+            sys.setprofile(self._profile)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._codes or self._builtins:
+            sys.setprofile(self._previous)
