@@ -334,8 +334,10 @@ class Grader:
             grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
             if cell.cell_type != "code" or grade_id not in by_cell:
                 continue
-            cell.source = "".join(line for line in cell.source.splitlines(keepends=True)
-                                  if "# added by the autograder" not in line)
+            cell.source = _without_recorder(cell.source)
+            for out in cell.outputs:
+                if out.output_type == "error":
+                    out.traceback = [_without_recorder(frame) for frame in out.traceback]
             lines = ["Autograder (trusted comparison outside your notebook):"]
             for c in by_cell[grade_id]:
                 mark = "✓" if c.points == c.max_points else "✗"
@@ -379,6 +381,11 @@ class Grader:
                 if not outcome["success"]:
                     res.notes.append("feedback HTML could not be generated: "
                                      + (outcome.get("error") or "")[-300:])
+
+
+def _without_recorder(text: str) -> str:
+    return "".join(line for line in text.splitlines(keepends=True)
+                   if "# added by the autograder" not in line)
 
 
 def _load_outputs(path: Path):

@@ -1,0 +1,140 @@
+"""genlab.checks: the diagnostics students read, and the recording that grading relies on."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from genlab.checks import (Case, CallTracer, Recorder, Rule, compare_array, compare_outputs,
+                           outputs_as_arrays, run_case, save_case, write_npz)
+from genlab.masks import causal_mask, padding_mask
+
+EXACT = Rule(compare="exact", rtol=0, atol=0, output_names=("mask",))
+CLOSE = Rule(rtol=1e-5, atol=1e-6)
+
+
+def test_future_leak_is_named_by_query_and_key():
+    expected = causal_mask(6).numpy()
+    got = expected.copy()
+    got[2, 5] = True
+    assert compare_array(got, expected, EXACT, "mask") == "query 2 may attend to key 5: the mask leaks the future"
+
+
+def test_inverted_polarity_is_recognised():
+    expected = padding_mask(torch.tensor([[1, 1, 0]])).numpy()
+    assert "polarity inverted" in compare_array(~expected, expected, EXACT, "mask")
+    expected = causal_mask(4).numpy()
+    assert "polarity inverted" in compare_array(~expected, expected, EXACT, "mask")
+
+
+def test_padding_key_message_names_batch_and_key():
+    expected = padding_mask(torch.tensor([[1, 1, 1], [1, 0, 0]])).numpy()
+    got = expected.copy()
+    got[1, 0, 0, 2] = True
+    assert compare_array(got, expected, EXACT, "mask").startswith("batch 1: key 2 is padding")
+
+
+def test_shape_dtype_nan_and_value_messages():
+    expected = np.zeros((2, 4, 8), dtype=np.float32)
+    assert compare_array(np.zeros((2, 8, 4), np.float32), expected, CLOSE, "output") == \
+        "`output` has shape (2, 8, 4), expected (2, 4, 8)"
+    assert "dtype float64, expected float32" in compare_array(np.zeros((2, 4, 8)), expected, CLOSE, "output")
+    nan = expected.copy()
+    nan[1, 2, 3] = np.nan
+    assert "contains NaN at [1, 2, 3]" in compare_array(nan, expected, CLOSE, "output")
+    off = expected.copy()
+    off[0, 1, 2] = 0.5
+    message = compare_array(off, expected, CLOSE, "output")
+    assert "largest error 0.5 at [0, 1, 2]" in message
+    assert compare_array(expected + 1e-7, expected, CLOSE, "output") is None
+    assert "torch.bool" in compare_array(np.ones((2, 2), np.int64), np.ones((2, 2), bool), EXACT, "mask")
+
+
+def test_known_bug_is_reported_by_name():
+    case = Case(inputs={}, expected=[np.ones(3, np.float32)],
+                alternatives={"no_scale": [np.full(3, 2.0, np.float32)]})
+    rule = Rule(bug_messages={"no_scale": "missing 1/sqrt(d)"})
+    assert compare_outputs([np.full(3, 2.0, np.float32)], case, rule) == "missing 1/sqrt(d)"
+    assert compare_outputs([np.ones(3, np.float32)], case, rule) is None
+    assert "returned 2 value(s), expected 1" in compare_outputs([np.ones(3), np.ones(3)], case, rule)
+
+
+def test_run_case_reports_errors_instead_of_raising():
+    case = Case(inputs={"T": np.asarray(3)})
+
+    def not_done(T):
+        raise NotImplementedError()
+
+    assert run_case(not_done, case) == ([], "NotImplementedError: not implemented yet")
+    outputs, error = run_case(lambda T: "a string", case)
+    assert outputs == [] and "is a str, expected a torch.Tensor" in error
+    outputs, error = run_case(lambda T: causal_mask(T), case)
+    assert error is None and np.array_equal(outputs[0], causal_mask(3).numpy())
+
+
+def test_lying_objects_are_reduced_to_plain_arrays():
+    class AlwaysEqual(torch.Tensor):
+        def __eq__(self, other):
+            return True
+
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            if func is torch.Tensor.numpy:  # lie about the values when asked politely
+                return np.ones((2, 2))
+            return super().__torch_function__(func, types, args, kwargs or {})
+
+    liar = torch.zeros(2, 2).as_subclass(AlwaysEqual)
+    (array,) = outputs_as_arrays(liar)
+    assert type(array) is np.ndarray and array.sum() == 0
+
+    class Fake:
+        def __eq__(self, other):
+            return True
+
+    with pytest.raises(TypeError, match="Fake"):
+        outputs_as_arrays(Fake())
+
+
+def test_npz_files_are_reproducible_and_pickle_free(tmp_path):
+    inputs = {"q": np.arange(6.0).reshape(2, 3), "T": 4, "attention": "genlab:causal_attention"}
+    save_case(tmp_path / "a.npz", inputs, [np.eye(2)], {"bug": [np.zeros(2)]}, {"seed": 1})
+    save_case(tmp_path / "b.npz", inputs, [np.eye(2)], {"bug": [np.zeros(2)]}, {"seed": 1})
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+    case = Case.load(tmp_path / "a.npz")  # np.load(allow_pickle=False) inside
+    assert case.meta == {"seed": 1} and set(case.inputs) == {"q", "T", "attention"}
+    assert np.array_equal(case.alternatives["bug"][0], np.zeros(2))
+    write_npz(tmp_path / "obj.npz", {"x": np.array([1, 2])})
+    with pytest.raises(ValueError):
+        write_npz(tmp_path / "obj2.npz", {"x": np.array([object()], dtype=object)})
+
+
+def test_call_tracer_sees_aliased_and_indirect_calls():
+    sdpa = F.scaled_dot_product_attention  # an alias taken before tracing starts
+    q = torch.randn(1, 1, 3, 4)
+    names = ["torch.nn.functional.scaled_dot_product_attention", "genlab.masks.causal_mask",
+             "torch.nn.MultiheadAttention"]
+    with CallTracer(names) as tracer:
+        sdpa(q, q, q)
+        (lambda: causal_mask(3))()
+    assert tracer.used == {"torch.nn.functional.scaled_dot_product_attention", "genlab.masks.causal_mask"}
+    with CallTracer(names) as tracer:
+        torch.nn.MultiheadAttention(4, 1, batch_first=True)(q[0], q[0], q[0])
+    assert "torch.nn.MultiheadAttention" in tracer.used
+    with CallTracer(names) as tracer:
+        torch.softmax(q, -1)
+    assert tracer.used == set()
+
+
+def test_recorder_writes_outputs_errors_and_traced_calls(tmp_path):
+    inputs = tmp_path / "inputs" / "causal_mask"
+    write_npz(inputs / "c-0.npz", {"in.T": np.asarray(3)})
+    (inputs / "forbidden.json").write_text(json.dumps(["genlab.masks.causal_mask"]))
+    Recorder(str(tmp_path))("causal_mask", lambda T: causal_mask(T))
+    with np.load(tmp_path / "outputs" / "causal_mask" / "c-0.npz", allow_pickle=False) as z:
+        assert np.array_equal(z["out.0"], causal_mask(3).numpy())
+        assert list(z["forbidden"]) == ["genlab.masks.causal_mask"]
+    Recorder(str(tmp_path))("causal_mask", None)
+    with np.load(tmp_path / "outputs" / "causal_mask" / "c-0.npz", allow_pickle=False) as z:
+        assert "not defined" in str(z["error"])

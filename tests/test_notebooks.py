@@ -1,0 +1,63 @@
+"""Every notebook in the repository executes, on CPU, within its time budget.
+
+* ``solutions/``: top to bottom without an error; every public and hidden check passes.
+* ``assignments/`` (the blank release): the only errors are the exercises' own
+  ``NotImplementedError`` and the public checks reporting them.
+* ``course/``: top to bottom without an error.
+
+Notebooks read ``GENLAB_QUICK=1`` (set here) to shrink any training they do.
+"""
+
+import os
+import time
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from conftest import REPO
+
+NOTEBOOKS = sorted(p.relative_to(REPO) for folder in ("solutions", "assignments", "course")
+                   for p in (REPO / folder).rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+BUDGET_SECONDS = 120
+
+
+def execute(path):
+    nb = nbformat.read(REPO / path, as_version=4)
+    os.environ["GENLAB_QUICK"] = "1"
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    client = NotebookClient(nb, timeout=BUDGET_SECONDS, kernel_name="python3", allow_errors=True,
+                            resources={"metadata": {"path": str((REPO / path).parent)}})
+    start = time.perf_counter()
+    client.execute()
+    return nb, time.perf_counter() - start
+
+
+def errors(nb):
+    return [(i, out) for i, cell in enumerate(nb.cells) if cell.cell_type == "code"
+            for out in cell.outputs if out.output_type == "error"]
+
+
+def text_of(nb):
+    return "".join(out.get("text", "") for cell in nb.cells if cell.cell_type == "code"
+                   for out in cell.outputs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=str)
+def test_notebook_executes(path):
+    nb, seconds = execute(path)
+    assert seconds < BUDGET_SECONDS, f"{path} took {seconds:.0f} s (budget {BUDGET_SECONDS} s)"
+    problems = errors(nb)
+    if path.parts[0] == "assignments":
+        for i, out in problems:
+            assert out.ename == "NotImplementedError" or (
+                out.ename == "AssertionError" and "not implemented" in out.evalue), \
+                f"{path} cell {i}: unexpected {out.ename}: {out.evalue}"
+        assert problems, "a blank release should stop at its exercises"
+    else:
+        assert not problems, "\n".join(f"{path} cell {i}: {o.ename}: {o.evalue}" for i, o in problems)
+    if path.parts[0] == "solutions":
+        text = text_of(nb)
+        assert "✗" not in text, f"{path}: a hidden check failed on the solution:\n{text}"
+        assert text.count("✓") >= 2
