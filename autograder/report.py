@@ -38,6 +38,7 @@ def print_table(results: list[SubmissionResult]) -> None:
 def demo(out: Path, workers: int | None = None) -> int:
     """Write each assignment's sample submissions, grade them, print the table, and fail
     when a sample does not score exactly the points the spec says it deserves."""
+    from autograder.course import generate_release
     from autograder.samples import write_samples
     from autograder.spec import SPEC_MODULES
 
@@ -45,9 +46,14 @@ def demo(out: Path, workers: int | None = None) -> int:
     status = 0
     for assignment in sorted(SPEC_MODULES):
         submissions = out / assignment / "submissions"
-        shutil.rmtree(submissions, ignore_errors=True)
-        expected = write_samples(assignment, submissions)
-        print(f"\n=== {assignment}: grading {len(expected)} sample submissions ===")
+        shutil.rmtree(out / assignment, ignore_errors=True)
+        (out / assignment).mkdir(parents=True)
+        release = generate_release(assignment, release_root=out / assignment / "release",
+                                   db_url=f"sqlite:///{out / assignment / 'release.db'}")
+        print(f"\n=== {assignment}: released solutions/{assignment} -> {release}")
+        expected = write_samples(assignment, submissions, release)
+        print(f"=== {assignment}: grading {len(expected)} sample submissions "
+              f"({', '.join(expected)}) ===")
         results = grade(assignment, submissions, out / assignment / "graded", workers=workers)
         print_table(results)
         print()

@@ -26,12 +26,13 @@ def _grade_id(cell) -> str | None:
     return cell.metadata.get("nbgrader", {}).get("grade_id")
 
 
-def make_sample(assignment: str, how: dict):
-    """The release notebook with the solution cells ``how['solved']`` filled in and
-    ``how['edit']`` ({grade_id: [old, new]}) applied."""
+def make_sample(assignment: str, how: dict, release: Path | None = None):
+    """The release notebook (from ``release``, default ``assignments/<assignment>``) with the
+    solution cells ``how['solved']`` filled in and ``how['edit']`` ({grade_id: [old, new]}) applied."""
     spec = spec_module.load(assignment)
     source = nbformat.read(REPO / "solutions" / assignment / spec.notebook, as_version=4)
-    nb = nbformat.read(REPO / "assignments" / assignment / spec.notebook, as_version=4)
+    release = release or REPO / "assignments" / assignment
+    nb = nbformat.read(release / spec.notebook, as_version=4)
     solutions = {_grade_id(c): c.source for c in source.cells
                  if c.metadata.get("nbgrader", {}).get("solution")}
     solved = set(solutions) if how["solved"] == "all" else set(how["solved"])
@@ -59,13 +60,13 @@ def expected_points(assignment: str, how: dict) -> int:
     return sum(c.points for c in spec.checks if c.name not in lost)
 
 
-def write_samples(assignment: str, submissions: Path) -> dict[str, int]:
+def write_samples(assignment: str, submissions: Path, release: Path | None = None) -> dict[str, int]:
     """Write every sample of ``assignment`` in nbgrader's layout; return the points each deserves."""
     spec = spec_module.load(assignment)
     expected = {}
     for name, how in spec.samples.items():
         path = Path(submissions) / name / assignment / spec.notebook
         path.parent.mkdir(parents=True, exist_ok=True)
-        nbformat.write(make_sample(assignment, how), path)
+        nbformat.write(make_sample(assignment, how, release), path)
         expected[name] = expected_points(assignment, how)
     return expected

@@ -12,6 +12,7 @@ into a new figure, and returns the matplotlib ``Figure``.  Nothing calls
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+from matplotlib.patches import Patch
 import torch
 
 from genlab.attention import MultiHeadAttention
@@ -77,6 +78,10 @@ def plot_mask(mask, ax=None, title=None, labels=None):
     matrix = _as_matrix(mask, "mask")
     fig, ax = _new_axes(ax)
     _heatmap(ax, matrix.bool(), cmap="Greys", labels=labels, vmin=0, vmax=1, cell_grid=True)
+    legend = [Patch(facecolor="black", label="may attend (True)"),
+              Patch(facecolor="white", edgecolor="0.5", label="blocked (False)")]
+    ax.legend(handles=legend, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2,
+              fontsize="small", frameon=False)
     if title:
         ax.set_title(title)
     return fig
