@@ -30,6 +30,7 @@ import secrets
 import shutil
 import sys
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -353,7 +354,10 @@ class Grader:
         from nbgrader.api import Gradebook
 
         cells: dict[str, float] = {}
-        with nbgrader_environment(), Gradebook(self.db_url) as gb:
+        # nbgrader's own submission bookkeeping triggers SQLAlchemy autoflush warnings
+        # that say nothing about the grades: keep them out of the instructor's output.
+        with nbgrader_environment(), warnings.catch_warnings(), Gradebook(self.db_url) as gb:
+            warnings.filterwarnings("ignore", message=".*not in session.*")
             for res in results:
                 gb.update_or_create_student(res.student)
                 gb.update_or_create_submission(self.assignment, res.student)
