@@ -1,6 +1,6 @@
 """The autograder's command line.
 
-    python -m autograder grade 01_attention --submissions DIR --out OUT [--workers N]
+    python -m autograder grade 01_attention --submissions DIR --out OUT [--workers N | --scheduler ADDR]
     python -m autograder references build 01_attention      # or: all
     python -m autograder references verify 01_attention     # on every device present
     python -m autograder release 01_attention               # nbgrader generate_assignment
@@ -33,7 +33,8 @@ def cmd_grade(args) -> int:
         print("WARNING: bubblewrap (bwrap) is not available: grading runs UNSANDBOXED, "
               "with resource limits only. Install it: apt-get install bubblewrap", file=sys.stderr)
     results = grade(args.assignment, Path(args.submissions), Path(args.out), workers=args.workers,
-                    db_url=args.db, sandbox=sandbox, progress=not args.quiet)
+                    db_url=args.db, sandbox=sandbox, progress=not args.quiet,
+                    scheduler=args.scheduler)
     print_table(results)
     print(f"\nwrote {Path(args.out) / 'grades.csv'}, <student>/results.json, feedback/ and gradebook")
     return 0
@@ -97,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--submissions", required=True, help="DIR/<student>/<assignment>/<notebook>.ipynb")
     p.add_argument("--out", required=True)
     p.add_argument("--workers", type=int, default=None, help="parallel submissions (default: cores)")
+    p.add_argument("--scheduler", default=None,
+                   help="grade on a Dask cluster: the scheduler's address (tcp://host:8786); "
+                        "its workers need this repository and OUT at the same paths")
     p.add_argument("--db", default=None, help="gradebook URL (default: sqlite in OUT)")
     p.add_argument("--timeout", type=int, default=600, help="seconds per notebook")
     p.add_argument("--cell-timeout", type=int, default=60, help="seconds per cell")

@@ -22,17 +22,20 @@ formgrader and feedback agree), with ``OUT/grades.csv``, ``OUT/<student>/results
 from __future__ import annotations
 
 import ast
-import copy
 import csv
+import datetime
+import hashlib
 import json
 import os
+import queue
 import secrets
 import shutil
 import sys
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import as_completed as as_completed_futures
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import nbformat
@@ -69,6 +72,15 @@ class SubmissionResult:
     @property
     def score(self) -> float:
         return sum(c.points for c in self.checks)
+
+    def to_dict(self) -> dict:
+        return {"student": self.student, "checks": [asdict(c) for c in self.checks],
+                "notes": self.notes, "seconds": round(self.seconds, 3)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SubmissionResult":
+        return cls(data["student"], [CheckResult(**c) for c in data["checks"]],
+                   list(data["notes"]), seconds=data["seconds"])
 
 
 # --------------------------------------------------------------------------- sanitize
@@ -174,7 +186,7 @@ class Grader:
                       if p.is_dir() and not p.name.startswith("."))
 
     # -- one submission
-    def grade_one(self, student: str) -> SubmissionResult:
+    def grade_one(self, student: str, slot: int = 0) -> SubmissionResult:
         start = time.perf_counter()
         result = SubmissionResult(student)
         if not self.sandbox.sandboxed:
@@ -196,13 +208,13 @@ class Grader:
                 nb = None
         outputs = None
         if nb is not None:
-            outputs, executed = self._execute(student, nb, result)
+            outputs, executed = self._execute(student, nb, result, slot)
             result.executed = executed
         self._score(nb, outputs, result)
         result.seconds = time.perf_counter() - start
         return result
 
-    def _execute(self, student: str, nb, result: SubmissionResult) -> tuple[Path, Path]:
+    def _execute(self, student: str, nb, result: SubmissionResult, slot: int) -> tuple[Path, Path]:
         work = self.out / ".work" / student
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
@@ -227,7 +239,7 @@ class Grader:
         run = self.sandbox.run(
             [sys.executable, "-m", "autograder.execute", submission.name, executed.name,
              "--cell-timeout", str(self.sandbox.limits.cell_seconds)],
-            work, public_refs=self.public_references, hidden=[self.out])
+            work, public_refs=self.public_references, slot=slot)
         status = next((json.loads(line[len("EXECUTION:"):]) for line in run.stdout.splitlines()
                        if line.startswith("EXECUTION:")), None)
         if run.timed_out:
@@ -285,29 +297,109 @@ class Grader:
         return check["points"], ""
 
     # -- the whole class
-    def run(self, workers: int | None = None, progress: bool = True) -> list[SubmissionResult]:
+    def fingerprint(self, student: str) -> str:
+        """Changes when the submission or anything that grades it changes."""
+        digest = hashlib.sha256(self._grading_fingerprint.encode())
+        folder = self.submissions / student / self.assignment
+        for path in sorted(folder.rglob("*")) if folder.is_dir() else []:
+            if path.is_file():
+                digest.update(str(path.relative_to(folder)).encode() + b"\0")
+                digest.update(path.read_bytes() + b"\0")
+        return digest.hexdigest()
+
+    @property
+    def _grading_fingerprint(self) -> str:
+        source = (REPO / "solutions" / self.assignment / self.spec.notebook).read_bytes()
+        return hashlib.sha256(json.dumps(self.manifest["checks"], sort_keys=True).encode()
+                              + source + repr((self.sandbox.limits, self.sandbox.sandboxed)).encode()
+                              ).hexdigest()
+
+    def previous(self, student: str) -> dict | None:
+        path = self.out / student / "grading.json"
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def run(self, workers: int | None = None, progress: bool = True,
+            scheduler: str | None = None) -> list[SubmissionResult]:
+        """Grade every submission not already graded in its current form; write each
+        result as soon as it is known (a killed run loses no finished grade)."""
         self.prepare()
-        students = self.students()
-        workers = max(1, workers or os.cpu_count() or 1)
-        results: list[SubmissionResult] = []
-        bar = _progress(len(students), f"grading {self.assignment}", progress)
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for res in pool.map(self.grade_one, students):
-                results.append(res)
-                bar.update(1)
+        results: dict[str, SubmissionResult] = {}
+        todo: dict[str, str] = {}
+        for student in self.students():
+            fingerprint, prev = self.fingerprint(student), self.previous(student)
+            if prev and prev["fingerprint"] == fingerprint:
+                results[student] = SubmissionResult.from_dict(prev["result"])
+            else:
+                todo[student] = fingerprint
+        if results and progress:
+            print(f"{len(results)} submission(s) unchanged since they were graded: kept", file=sys.stderr)
+        bar = _progress(len(todo), f"grading {self.assignment}", progress)
+        for res in self._grade_all(list(todo), workers, scheduler):
+            self.finalize(res, todo[res.student])
+            results[res.student] = res
+            bar.update(1)
         bar.close()
-        self.write(results)
-        return results
+        ordered = [results[s] for s in sorted(results)]
+        self.write_csv(ordered)
+        return ordered
+
+    def _grade_all(self, students: list[str], workers: int | None, scheduler: str | None):
+        """Yield results as they finish: on a Dask cluster, or on local threads (one
+        sandbox slot each)."""
+        if not students:
+            return
+        if scheduler:
+            from distributed import Client, as_completed
+
+            with Client(scheduler) as client:
+                futures = [client.submit(self.grade_one, s, pure=False, key=f"grade-{s}-{secrets.token_hex(4)}")
+                           for s in students]
+                for future in as_completed(futures):
+                    yield future.result()
+            return
+        workers = max(1, min(workers or os.cpu_count() or 1, len(students)))
+        slots: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for slot in range(workers):
+            slots.put(slot)
+
+        def in_slot(student: str) -> SubmissionResult:
+            slot = slots.get()
+            try:
+                return self.grade_one(student, slot)
+            finally:
+                slots.put(slot)
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for future in as_completed_futures([pool.submit(in_slot, s) for s in students]):
+                yield future.result()
 
     # -- outputs
-    def write(self, results: list[SubmissionResult]) -> None:
-        for res in results:
-            self._save_autograded(res)
-        self._write_gradebook(results)
-        self._write_feedback(results)
-        for res in results:
-            _atomic_write(self.out / res.student / "results.json",
-                          json.dumps(gradescope_results(res), indent=1))
+    def finalize(self, res: SubmissionResult, fingerprint: str) -> None:
+        """Everything about one graded submission, written in an order that a kill at
+        any point cannot corrupt: ``grading.json`` (what resuming trusts) goes last.
+        A regrade first moves the earlier result into ``<student>/history/``."""
+        folder = self.out / res.student
+        prev = self.previous(res.student)
+        if prev is not None:
+            history = folder / "history" / prev["graded_at"].replace(":", "-")
+            history.mkdir(parents=True, exist_ok=True)
+            for name in ("grading.json", "results.json"):
+                if (folder / name).exists():
+                    shutil.copy2(folder / name, history / name)
+            print(f"regrading {res.student} (changed since {prev['graded_at']}); "
+                  f"the earlier result is kept in {history}", file=sys.stderr)
+        self._save_autograded(res)
+        self._write_gradebook(res)
+        self._write_feedback(res)
+        _atomic_write(folder / "results.json", json.dumps(gradescope_results(res), indent=1))
+        graded_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        _atomic_write(folder / "grading.json", json.dumps(
+            {"fingerprint": fingerprint, "graded_at": graded_at, "result": res.to_dict()}, indent=1))
+
+    def write_csv(self, results: list[SubmissionResult]) -> None:
         rows = [[r.student, self.assignment, c.check, _num(c.points), _num(c.max_points), c.message]
                 for r in results for c in r.checks]
         path = self.out / "grades.csv"
@@ -350,7 +442,7 @@ class Grader:
                 "**Autograder notes**\n\n" + "\n".join(f"* {n}" for n in res.notes)))
         _atomic_write(dest, nbformat.writes(nb))
 
-    def _write_gradebook(self, results: list[SubmissionResult]) -> None:
+    def _write_gradebook(self, res: SubmissionResult) -> None:
         from nbgrader.api import Gradebook
 
         cells: dict[str, float] = {}
@@ -358,33 +450,27 @@ class Grader:
         # that say nothing about the grades: keep them out of the instructor's output.
         with nbgrader_environment(), warnings.catch_warnings(), Gradebook(self.db_url) as gb:
             warnings.filterwarnings("ignore", message=".*not in session.*")
-            for res in results:
-                gb.update_or_create_student(res.student)
-                gb.update_or_create_submission(self.assignment, res.student)
-                cells.clear()
-                for c in res.checks:
-                    cell = self.manifest["checks"][c.check]["cell"]
-                    cells[cell] = cells.get(cell, 0) + c.points
-                for cell, score in cells.items():
-                    grade = gb.find_grade(cell, self.notebook_id, self.assignment, res.student)
-                    grade.auto_score = score
-                    grade.needs_manual_grade = False
-                gb.db.commit()
+            gb.update_or_create_student(res.student)
+            gb.update_or_create_submission(self.assignment, res.student)
+            for c in res.checks:
+                cell = self.manifest["checks"][c.check]["cell"]
+                cells[cell] = cells.get(cell, 0) + c.points
+            for cell, score in cells.items():
+                grade = gb.find_grade(cell, self.notebook_id, self.assignment, res.student)
+                grade.auto_score = score
+                grade.needs_manual_grade = False
+            gb.db.commit()
 
-    def _write_feedback(self, results: list[SubmissionResult]) -> None:
+    def _write_feedback(self, res: SubmissionResult) -> None:
         from nbgrader.apps import NbGraderAPI
 
         config = nbgrader_config(root=str(self.out), db_url=self.db_url,
                                  source_directory=str(REPO / "solutions"),
                                  autograded_directory="autograded", feedback_directory="feedback")
-        config.HTMLExporter.template_name = "feedback"
         with nbgrader_environment():
-            api = NbGraderAPI(config=config)
-            for res in results:
-                outcome = api.generate_feedback(self.assignment, res.student, force=True)
-                if not outcome["success"]:
-                    res.notes.append("feedback HTML could not be generated: "
-                                     + (outcome.get("error") or "")[-300:])
+            outcome = NbGraderAPI(config=config).generate_feedback(self.assignment, res.student, force=True)
+        if not outcome["success"]:
+            res.notes.append("feedback HTML could not be generated: " + (outcome.get("error") or "")[-300:])
 
 
 def _without_recorder(text: str) -> str:
@@ -437,9 +523,9 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 def grade(assignment: str, submissions: Path, out: Path, workers: int | None = None,
-          db_url: str | None = None, sandbox: Sandbox | None = None,
-          progress: bool = True) -> list[SubmissionResult]:
-    return Grader(assignment, submissions, out, db_url, sandbox).run(workers, progress)
+          db_url: str | None = None, sandbox: Sandbox | None = None, progress: bool = True,
+          scheduler: str | None = None) -> list[SubmissionResult]:
+    return Grader(assignment, submissions, out, db_url, sandbox).run(workers, progress, scheduler)
 
 
 __all__ = ["grade", "Grader", "SubmissionResult", "CheckResult", "Limits", "Sandbox"]

@@ -22,8 +22,9 @@ def test_private_files_are_invisible_and_repo_is_read_only(tmp_path):
     code = f"""
 import os, pathlib
 repo = pathlib.Path({str(REPO)!r})
-print(sorted(os.listdir(repo / 'solutions')), (repo / 'autograder' / 'references').exists(),
-      sorted(os.listdir(repo / 'autograder' / 'references')), (repo / 'lib' / 'genlab').is_dir())
+print((repo / 'solutions').exists(), (repo / '.git').exists(), (repo / 'autograder' / 'specs').exists(),
+      sorted(os.listdir(repo / 'autograder' / 'specs')), sorted(os.listdir(repo / 'autograder' / 'references')),
+      (repo / 'lib' / 'genlab').is_dir())
 try:
     (repo / 'lib' / 'genlab' / 'x.py').write_text('x')
     print('wrote')
@@ -32,7 +33,7 @@ except OSError:
 pathlib.Path('mine.txt').write_text('ok')
 """
     result = run(code, tmp_path)
-    assert result.stdout.split("\n")[0] == "[] True [] True", result.stderr
+    assert result.stdout.split("\n")[0] == "False False True [] [] True", result.stderr
     assert "read-only" in result.stdout
     assert (tmp_path / "mine.txt").read_text() == "ok"
 
@@ -71,6 +72,22 @@ time.sleep(300)
     import subprocess
     leftovers = subprocess.run(["pgrep", "-f", "sleep 300"], capture_output=True, text=True).stdout
     assert not leftovers.strip(), "a process outlived its grading"
+
+
+def test_process_cap(tmp_path):
+    code = """
+import subprocess
+procs = []
+try:
+    for i in range(200):
+        procs.append(subprocess.Popen(['sleep', '30']))
+    print('spawned all')
+except OSError as exc:
+    print('capped after', len(procs))
+"""
+    result = run(code, tmp_path, processes=40)
+    assert "capped after" in result.stdout, result.stdout + result.stderr
+    assert int(result.stdout.split()[-1]) < 40
 
 
 def test_memory_cap(tmp_path):
