@@ -17,9 +17,9 @@ from pathlib import Path
 
 
 def _assignments(name: str) -> list[str]:
-    from autograder.spec import SPEC_MODULES
+    from autograder.spec import available
 
-    return sorted(SPEC_MODULES) if name == "all" else [name]
+    return available() if name == "all" else [name]
 
 
 def cmd_grade(args) -> int:

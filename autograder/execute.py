@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     client = NotebookClient(
         nb, timeout=args.cell_timeout, kernel_name=args.kernel, allow_errors=True,
         interrupt_on_timeout=True, record_timing=False, on_cell_executed=save,
+        error_on_timeout={"ename": "CellTimeoutError",
+                          "evalue": f"the cell ran past {args.cell_timeout} s and was interrupted "
+                                    "by the autograder; the next cells ran on"},
         resources={"metadata": {"path": "."}},
     )
     status = {"ended": "completed"}

@@ -44,7 +44,7 @@ from autograder import references as refs
 from autograder import spec as spec_module
 from autograder.course import REPO, generate_release, nbgrader_config, nbgrader_environment
 from autograder.sandbox import Limits, Sandbox
-from genlab.checks import Case, Rule, compare_outputs, write_npz
+from genlab.checks import Case, judge, write_npz
 
 RECORDER_LINE = ("record_outputs = __import__('genlab.checks', fromlist=['Recorder'])"
                  ".Recorder({path!r})  # added by the autograder\n")
@@ -97,6 +97,12 @@ def sanitize(nb, assignment: str, notebook_id: str, student: str, db_url: str):
              OverwriteCells(add_missing_cells=True), CheckCellMetadata()]
     for step in steps:
         nb, resources = step.preprocess(nb, resources)
+        if isinstance(step, DeduplicateIds):
+            # DeduplicateIds demotes all but the last copy of a cell by emptying its
+            # nbgrader metadata, which later steps cannot read: drop the empty dicts.
+            for cell in nb.cells:
+                if "nbgrader" in cell.metadata and not cell.metadata.nbgrader:
+                    del cell.metadata["nbgrader"]
     return nb
 
 
@@ -273,23 +279,22 @@ class Grader:
         if outputs is None:
             return 0, "not graded"
         used = static_forbidden & set(check["forbidden"])
-        rule = Rule.of(check)
-        for i, case in enumerate(self.cases[name]):
+        results = []
+        for i in range(len(self.cases[name])):
             path = outputs / check["function"] / f"{name}-{i}.npz"
-            where = f"case {i + 1} of {len(self.cases[name])} ({case.describe()})"
             if not path.exists():
-                return 0, (f"no output recorded for `{check['function']}`: its test cell "
-                           f"({check['cell']}) did not run to the recording line")
+                return 0, (f"no output recorded for `{check['function']}`: the recording in its "
+                           f"test cell ({check['cell']}) did not complete (the kernel died, the "
+                           "cell timed out, or the notebook stopped before it)")
             try:
                 got, error, traced = _load_outputs(path)
             except Exception as exc:
-                return 0, f"{where}: the recorded output is unreadable ({type(exc).__name__})"
+                return 0, f"the recorded output of case {i + 1} is unreadable ({type(exc).__name__})"
             used |= traced & set(check["forbidden"])
-            if error:
-                return 0, f"{where}: `{check['function']}` raised {error}"
-            problem = compare_outputs(got, case, rule)
-            if problem:
-                return 0, f"{where}: {problem}"
+            results.append((got, error))
+        problem = judge(check, self.cases[name], results)
+        if problem:
+            return 0, problem
         if used:
             calls = ", ".join(sorted(used))
             return 0, (f"`{check['function']}` uses {calls}: this exercise asks you to write it "

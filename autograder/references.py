@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from autograder import spec as spec_module
-from genlab.checks import Case, call_arguments, outputs_as_arrays, resolve, save_case
+from genlab.checks import Case, call_case, outputs_as_arrays, resolve, save_case
 
 REFERENCES = Path(__file__).resolve().parent / "references"
 SAFETY_MARGIN = 10.0
@@ -37,10 +37,8 @@ def sha256(path: Path) -> str:
 
 def run_reference(dotted: str, inputs: dict[str, np.ndarray], device: str = "cpu") -> list[np.ndarray]:
     """Call a reference implementation on a case's inputs on ``device``; outputs on the CPU."""
-    kwargs = call_arguments(inputs)
-    kwargs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
-    with torch.device(device), torch.no_grad():  # factory calls (causal_mask(T)) follow too
-        return outputs_as_arrays(resolve(dotted)(**kwargs))
+    with torch.device(device):  # factory calls (causal_mask(T)) follow the device too
+        return outputs_as_arrays(call_case(resolve(dotted), inputs, device))
 
 
 def _arrays(inputs: dict) -> dict[str, np.ndarray]:
@@ -72,7 +70,7 @@ def build(assignment: str, root: Path = REFERENCES) -> Path:
             "rtol": floor["rtol"], "atol": floor["atol"], "outputs": list(check.outputs),
             "forbidden": list(check.forbidden),
             "bugs": {bug: message for bug, (_, message) in check.bugs.items()},
-            "cases": cases, "verified_on": {},
+            "params": check.params, "cases": cases, "verified_on": {},
         }
     manifest = {
         "assignment": assignment, "notebook": spec.notebook, "max_points": spec.max_points,

@@ -40,11 +40,11 @@ def demo(out: Path, workers: int | None = None) -> int:
     when a sample does not score exactly the points the spec says it deserves."""
     from autograder.course import generate_release
     from autograder.samples import write_samples
-    from autograder.spec import SPEC_MODULES
+    from autograder.spec import available
 
     out = Path(out)
     status = 0
-    for assignment in sorted(SPEC_MODULES):
+    for assignment in available():
         submissions = out / assignment / "submissions"
         shutil.rmtree(out / assignment, ignore_errors=True)
         (out / assignment).mkdir(parents=True)

@@ -11,6 +11,7 @@ name the hidden cases.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -50,6 +51,7 @@ class Check:
     # known bug -> (dotted name of a buggy variant, the message a student sees on matching it)
     bugs: dict[str, tuple[str, str]] = field(default_factory=dict)
     description: str = ""
+    params: dict = field(default_factory=dict)  # for compare="property:<name>" (genlab.checks.PROPERTIES)
 
 
 @dataclass
@@ -77,7 +79,14 @@ class Assignment:
 
 SPEC_MODULES = {
     "01_attention": "autograder.specs.a01_attention",
+    "02_bert": "autograder.specs.a02_bert",
+    "03_gpt": "autograder.specs.a03_gpt",
 }
+
+
+def available() -> list[str]:
+    """The assignments whose spec exists (an assignment is added spec first)."""
+    return sorted(a for a, module in SPEC_MODULES.items() if importlib.util.find_spec(module))
 
 
 def load(assignment: str) -> Assignment:

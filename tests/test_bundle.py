@@ -35,7 +35,7 @@ def bundle(tmp_path_factory):
 
 def test_bundle_has_what_students_need(bundle):
     names = set(bundle)
-    for assignment in spec.SPEC_MODULES:
+    for assignment in spec.available():
         notebook = spec.load(assignment).notebook
         assert f"assignments/{assignment}/{notebook}" in names
         assert f"autograder/references/{assignment}/manifest.json" in names
@@ -58,7 +58,7 @@ def test_bundle_holds_no_solution_and_no_hidden_test(bundle):
 
 def test_bundle_holds_no_hidden_reference(bundle):
     assert not any("/hidden/" in name for name in bundle)
-    for assignment in spec.SPEC_MODULES:
+    for assignment in spec.available():
         public = json.loads(bundle[f"autograder/references/{assignment}/manifest.json"])
         assert public["checks"] and all(c["public"] for c in public["checks"].values())
         full = json.loads((REPO / "autograder" / "references" / assignment / "manifest.json").read_text())

@@ -8,7 +8,7 @@ from autograder.course import generate_release
 from conftest import REPO
 
 
-@pytest.mark.parametrize("assignment", sorted(spec.SPEC_MODULES))
+@pytest.mark.parametrize("assignment", spec.available())
 def test_release_in_sync_with_source(assignment, tmp_path):
     fresh = generate_release(assignment, release_root=tmp_path / "release",
                              db_url=f"sqlite:///{tmp_path / 'gradebook.db'}")
@@ -25,7 +25,7 @@ def test_release_in_sync_with_source(assignment, tmp_path):
             assert (fresh / rel).read_bytes() == (committed / rel).read_bytes()
 
 
-@pytest.mark.parametrize("assignment", sorted(spec.SPEC_MODULES))
+@pytest.mark.parametrize("assignment", spec.available())
 def test_release_has_no_solution_and_no_hidden_test(assignment):
     text = (REPO / "assignments" / assignment / spec.load(assignment).notebook).read_text()
     for marker in ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "record_outputs(\""):

@@ -146,20 +146,70 @@ NAMED_CALLABLES: dict[str, Callable[[], Callable]] = {
 }
 
 
+MODULE_KEY = "__module__"   # JSON {"config_class": dotted name, "config": {...}}
+STATE_PREFIX = "__state__."  # the module's parameters and buffers, by state_dict name
+
+
 def call_arguments(inputs: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Stored inputs -> keyword arguments: arrays become tensors, 0-d arrays Python scalars."""
+    """Stored inputs -> keyword arguments: arrays become tensors, 0-d arrays Python scalars,
+    "genlab:<name>" a callable from ``NAMED_CALLABLES``, "seed:<n>" a seeded torch.Generator."""
     kwargs = {}
     for name, value in inputs.items():
+        if name == MODULE_KEY or name.startswith(STATE_PREFIX):
+            continue
         if value.dtype.kind == "U":
             text = str(value)
-            if not text.startswith("genlab:") or text[7:] not in NAMED_CALLABLES:
+            if text.startswith("seed:"):
+                kwargs[name] = torch.Generator().manual_seed(int(text[5:]))
+            elif text.startswith("genlab:") and text[7:] in NAMED_CALLABLES:
+                kwargs[name] = NAMED_CALLABLES[text[7:]]()
+            else:
                 raise ValueError(f"input {name!r}: unknown callable {text!r}")
-            kwargs[name] = NAMED_CALLABLES[text[7:]]()
         elif value.ndim == 0:
             kwargs[name] = value.item()
         else:
             kwargs[name] = torch.from_numpy(np.array(value))
     return kwargs
+
+
+class StateDictError(ValueError):
+    pass
+
+
+def build_module(cls: Callable, inputs: dict[str, np.ndarray], device="cpu") -> torch.nn.Module:
+    """``cls(config)`` with the case's weights loaded: how a module (a class the student
+    writes, with HF parameter names) is called on fixed tiny weights."""
+    spec = json.loads(str(inputs[MODULE_KEY]))
+    config = resolve(spec["config_class"])(**spec["config"])
+    module = cls(config)
+    state = {k[len(STATE_PREFIX):]: torch.from_numpy(np.array(v)) for k, v in inputs.items()
+             if k.startswith(STATE_PREFIX)}
+    own = module.state_dict()
+    missing = sorted(set(state) - set(own))
+    unexpected = sorted(set(own) - set(state))
+    if missing or unexpected:
+        raise StateDictError(
+            "your module's parameter names differ from the expected (HF) names: "
+            + (f"missing {missing[:6]}" if missing else "")
+            + ("; " if missing and unexpected else "")
+            + (f"unexpected {unexpected[:6]}" if unexpected else ""))
+    for name, value in state.items():
+        if own[name].shape != value.shape:
+            raise StateDictError(f"parameter `{name}` has shape {tuple(own[name].shape)}, "
+                                 f"expected {tuple(value.shape)}")
+    module.load_state_dict(state)
+    return module.to(device).eval()
+
+
+def call_case(fn: Callable, inputs: dict[str, np.ndarray], device="cpu") -> Any:
+    """Call ``fn`` on a case's inputs: a function with keyword arguments, or a module class
+    built with the case's config and weights and then called on the other inputs."""
+    kwargs = call_arguments(inputs)
+    kwargs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+    if MODULE_KEY in inputs:
+        fn = build_module(fn, inputs, device)
+    with torch.no_grad():
+        return fn(**kwargs)
 
 
 class ReturnTypeError(TypeError):
@@ -205,8 +255,7 @@ def short_error(exc: BaseException) -> str:
 def run_case(fn: Callable, case: Case) -> tuple[list[np.ndarray], str | None]:
     """Call ``fn(**inputs)``; return (outputs, None) or ([], error message)."""
     try:
-        result = fn(**call_arguments(case.inputs))
-        return outputs_as_arrays(result), None
+        return outputs_as_arrays(call_case(fn, case.inputs)), None
     except Exception as exc:  # the student's code may raise anything
         return [], short_error(exc)
 
@@ -310,6 +359,33 @@ def compare_outputs(got: list[np.ndarray], case: Case, tol: Rule) -> str | None:
     return None
 
 
+# A property judges all of a check's outputs together (statistics of a random masking,
+# an accuracy against held-out truth, two calls that must agree): name -> function of
+# (outputs per case, cases, params) returning None or what is wrong.
+PROPERTIES: dict[str, Callable[[list[list[np.ndarray]], list[Case], dict], str | None]] = {}
+
+
+def judge(check: dict, cases: list[Case], results: list[tuple[list[np.ndarray], str | None]]) -> str | None:
+    """The verdict on one check from its cases' (outputs, error): None when it passes,
+    else one message that explains the first problem and where."""
+    rule = Rule.of(check)
+    for i, (case, (outputs, error)) in enumerate(zip(cases, results, strict=True)):
+        where = f"case {i + 1} of {len(cases)} ({case.describe()})"
+        if error:
+            return f"{where}: `{check['function']}` raised {error}"
+        if not rule.compare.startswith("property:"):
+            problem = compare_outputs(outputs, case, rule)
+            if problem:
+                return f"{where}: {problem}"
+    if rule.compare.startswith("property:"):
+        from genlab.properties import load_all
+
+        load_all()
+        return PROPERTIES[rule.compare[len("property:"):]](
+            [outputs for outputs, _ in results], cases, check.get("params", {}))
+    return None
+
+
 # ----------------------------------------------------------- in the student's notebook
 
 
@@ -337,15 +413,8 @@ class AssignmentChecks:
     def _run(self, function: str, fn: Callable, public: bool) -> list[tuple[str, str | None]]:
         verdicts = []
         for name, check in self._checks_of(function, public):
-            problem = None
-            for i, entry in enumerate(check["cases"]):
-                case = Case.load(self.root / self.assignment / entry["file"])
-                outputs, error = run_case(fn, case)
-                problem = error or compare_outputs(outputs, case, Rule.of(check))
-                if problem:
-                    problem = f"case {i + 1} of {len(check['cases'])} ({case.describe()}): {problem}"
-                    break
-            verdicts.append((name, problem))
+            cases = [Case.load(self.root / self.assignment / e["file"]) for e in check["cases"]]
+            verdicts.append((name, judge(check, cases, [run_case(fn, case) for case in cases])))
         return verdicts
 
     def check(self, function: str, fn: Callable) -> None:

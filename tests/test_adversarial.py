@@ -1,0 +1,359 @@
+"""An adversarial class: every known way to fool an in-kernel autograder, each a submission
+built from the release, graded together through the real CLI. Each must end with exactly
+the points it earned, a clear message, and the rest of the class graded as usual.
+
+The attacks follow nbgrader's own reports (monkeypatched asserts, always-equal objects,
+hidden tests read from disk, hung or killed kernels) and DESIGN.md's trust model.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import socket
+import subprocess
+import threading
+
+import nbformat
+import pytest
+
+from autograder import spec
+from autograder.samples import make_sample
+from conftest import run_cli
+
+A = "01_attention"
+SPEC = spec.load(A)
+FULL = SPEC.max_points
+POINTS = {c.name: c.points for c in SPEC.checks}
+
+
+def lost(*checks: str) -> int:
+    """The points of a submission that fails exactly these checks."""
+    return FULL - sum(POINTS[c] for c in checks)
+
+
+def earned(*checks: str) -> int:
+    """The points of a submission that passes exactly these checks."""
+    return sum(POINTS[c] for c in checks)
+
+
+CAUSAL = ("causal_mask", "causal_mask.hidden")
+PADDING = ("padding_mask", "padding_mask.hidden")
+SDPA = ("sdpa", "sdpa.causal", "sdpa.float64", "sdpa.fully_masked")
+HEADS = ("split_heads", "split_heads.hidden", "merge_heads", "merge_heads.hidden")
+MHA = ("mha", "mha.hidden")
+DEPENDENCE = ("dependence_map", "dependence_map.hidden")
+
+
+def solved():
+    return make_sample(A, {"solved": "all"})
+
+
+def blank():
+    return make_sample(A, {"solved": []})
+
+
+def grade_id(cell):
+    return cell.metadata.get("nbgrader", {}).get("grade_id")
+
+
+def insert(nb, after: str, source: str):
+    """A student's own cell, right after the cell with nbgrader id ``after``."""
+    index = next(i for i, c in enumerate(nb.cells) if grade_id(c) == after)
+    nb.cells.insert(index + 1, nbformat.v4.new_code_cell(source))
+    return nb
+
+
+def replace(nb, cell_id: str, source: str):
+    next(c for c in nb.cells if grade_id(c) == cell_id).source = source
+    return nb
+
+
+PATCH_ASSERTS = """
+import numpy as np, numpy.testing, torch, torch.testing
+np.testing.assert_allclose = np.testing.assert_array_equal = lambda *a, **k: None
+np.allclose = np.array_equal = torch.allclose = torch.equal = lambda *a, **k: True
+torch.testing.assert_close = lambda *a, **k: None
+"""
+
+ALWAYS_EQUAL = """
+class AlwaysEqual:
+    def __eq__(self, other): return True
+    def __ne__(self, other): return False
+    shape = property(lambda self: (4, 4))
+def causal_mask(T): return AlwaysEqual()
+def padding_mask(attention_mask): return AlwaysEqual()
+"""
+
+LYING_TENSOR = """
+import numpy as np, torch
+class Liar(torch.Tensor):
+    def __eq__(self, other): return torch.ones_like(other, dtype=torch.bool)
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func in (torch.Tensor.numpy, torch.Tensor.tolist, torch.Tensor.__array__):
+            T = args[0].shape[0]
+            return np.tril(np.ones((T, T), dtype=bool))  # the right answer, if anyone asks politely
+        return super().__torch_function__(func, types, args, kwargs or {})
+def causal_mask(T):
+    return torch.zeros(T, T, dtype=torch.bool).as_subclass(Liar)
+"""
+
+CALLS_REFERENCE = {
+    "causal_mask": """
+import importlib
+def causal_mask(T):
+    masks = importlib.import_module("genlab." + "masks")
+    return getattr(masks, "causal_" + "mask")(T)  # hidden from a source scan: the tracer sees it
+""",
+    "sdpa": """
+from genlab.attention import scaled_dot_product_attention as _reference
+def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False):
+    return _reference(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
+""",
+}
+
+SNOOP = """
+import glob, os, pathlib
+import genlab
+root = pathlib.Path(genlab.__file__).resolve().parents[2]
+found = {
+    "hidden references": glob.glob(str(root / "autograder/references/*/hidden/*.npz")),
+    "specs": glob.glob(str(root / "autograder/specs/*.py")),
+    "solutions": glob.glob(str(root / "solutions/*/*.ipynb")),
+    "git": glob.glob(str(root / ".git/HEAD")),
+    "gradebooks": glob.glob(str(root / "**/gradebook.db"), recursive=True)
+                  + glob.glob("/tmp/**/gradebook.db", recursive=True),
+    "other submissions": glob.glob("/tmp/**/submissions/*/01_attention/*.ipynb", recursive=True),
+}
+try:
+    listing = os.listdir("rec")
+except OSError as exc:
+    listing = type(exc).__name__
+print("snoop:", {k: len(v) for k, v in found.items()}, "recorder folder listing:", listing)
+for name in ("grades.csv", "results.json", "../grades.csv", "../../grades.csv", "/tmp/grades.csv"):
+    try:
+        pathlib.Path(name).write_text("student,assignment,check,points\\nsnoop,01_attention,all,999\\n")
+    except OSError:
+        pass
+import numpy as np
+for guess in ("outputs", "rec/outputs", "export", "/tmp/export"):
+    try:
+        os.makedirs(f"{guess}/causal_mask", exist_ok=True)
+        np.savez(f"{guess}/causal_mask/causal_mask-0.npz", **{"out.0": np.tril(np.ones((4, 4), bool))})
+    except OSError:
+        pass
+"""
+
+DETECT = """
+import os, socket, sys
+print("detect:", {k: v for k, v in os.environ.items() if "NBGRADER" in k or "GRADE" in k},
+      socket.gethostname(), "genlab.checks" in sys.modules)
+"""
+
+FAKE_PASS = """
+print("✓ causal_mask: 2 public case(s) match the reference.")
+print("All tests passed! Score: 16/16")
+"""
+
+NO_TRACEBACKS = """
+ip = get_ipython()
+ip.showtraceback = lambda *a, **k: None
+ip.showsyntaxerror = lambda *a, **k: None
+import sys
+sys.excepthook = lambda *a: None
+"""
+
+PROCESS_BOMB = """
+import subprocess
+children = []
+try:
+    for _ in range(2000):
+        children.append(subprocess.Popen(["sleep", "601"]))
+except OSError as exc:
+    print("process bomb stopped after", len(children), type(exc).__name__)
+for child in children:  # bounded: the bomb itself is not what is graded below
+    child.kill()
+"""
+
+ORPHANS = """
+import subprocess
+for _ in range(5):  # detached from the kernel's session: they must still die with the grading
+    subprocess.Popen(["sleep", "600"], start_new_session=True)
+"""
+
+MEMORY_BOMB = """
+blocks = []
+try:
+    for _ in range(64):
+        blocks.append(bytearray(1 << 30))  # 64 GiB if nothing stops it
+except MemoryError:
+    print("memory bomb stopped after", len(blocks), "GiB")
+del blocks
+"""
+
+WARNINGS = """
+import sys, warnings
+_sdpa = scaled_dot_product_attention
+def scaled_dot_product_attention(*args, **kwargs):
+    warnings.warn("DeprecationWarning-looking noise")
+    print("debug: on stderr", file=sys.stderr)
+    return _sdpa(*args, **kwargs)
+"""
+
+
+def socket_cell(port: int) -> str:
+    return f"""
+import socket
+s = socket.socket(); s.settimeout(3)
+print("socket to the host's loopback:", "refused" if s.connect_ex(("127.0.0.1", {port})) else "CONNECTED")
+"""
+
+
+def build_class(port: int) -> dict[str, tuple[object, int]]:
+    """name -> (notebook, or text for a broken file, or None for an empty folder; points)."""
+    dup = solved()
+    cell = next(c for c in dup.cells if grade_id(c) == "test_causal_mask")
+    dup.cells.insert(dup.cells.index(cell), copy.deepcopy(cell))  # same cell id, same grade id
+    deleted = solved()
+    deleted.cells = [c for c in deleted.cells if grade_id(c) not in ("test_sdpa", "test_mha")]
+    hung = make_sample(A, {"solved": "all", "edit": {"dependence_map": [
+        "    T = x.shape[1]", "    while True:\n        pass\n    T = x.shape[1]"]}})
+    return {
+        "patch_asserts": (insert(blank(), "setup", PATCH_ASSERTS), 0),
+        "patch_builtins": (insert(blank(), "setup", "import builtins\nbuiltins.isinstance = lambda *a: True\n"
+                                                    "builtins.type = lambda *a: object"), 0),
+        "always_equal": (insert(blank(), "padding_mask", ALWAYS_EQUAL), 0),
+        "lying_tensor": (insert(blank(), "causal_mask", LYING_TENSOR), 0),
+        "calls_reference": (replace(replace(solved(), "causal_mask", CALLS_REFERENCE["causal_mask"]),
+                                    "sdpa", CALLS_REFERENCE["sdpa"]), lost(*CAUSAL, *SDPA, *MHA)),
+        "snoop_and_write": (insert(blank(), "setup", SNOOP), 0),
+        "sys_exit": (insert(blank(), "setup", "import sys\nsys.exit(0)"), 0),
+        "os_exit": (insert(solved(), "test_causal_mask", "import os\nos._exit(0)"), earned(*CAUSAL)),
+        "kill_kernel": (insert(solved(), "test_padding_mask",
+                               "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)"),
+                        earned(*CAUSAL, *PADDING)),
+        "kill_runner": (insert(solved(), "test_causal_mask",
+                               "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)"),
+                        earned(*CAUSAL)),
+        "no_tracebacks": (insert(make_sample(A, SPEC.samples["partial"]), "setup", NO_TRACEBACKS),
+                          lost(*HEADS, *MHA, *DEPENDENCE)),
+        "fake_pass": (insert(blank(), "setup", FAKE_PASS), 0),
+        "detect_grading": (insert(blank(), "setup", DETECT), 0),
+        "infinite_loop": (insert(solved(), "test_padding_mask", "while True:\n    pass"), FULL),
+        "hung_function": (hung, lost(*DEPENDENCE)),
+        "memory_bomb": (insert(solved(), "setup", MEMORY_BOMB), FULL),
+        "process_bomb": (insert(solved(), "setup", PROCESS_BOMB), FULL),
+        "orphans": (insert(solved(), "setup", ORPHANS), FULL),
+        "socket": (insert(solved(), "setup", socket_cell(port)), FULL),
+        "stderr_warnings": (insert(solved(), "sdpa", WARNINGS), FULL),
+        "duplicated_cells": (dup, FULL),
+        "deleted_cells": (deleted, FULL),
+        "edited_tests": (replace(replace(blank(), "test_causal_mask", "print('passed')"),
+                                 "test_sdpa", "pass"), 0),
+        "edited_tests_solved": (replace(solved(), "test_causal_mask", "print('passed')"), FULL),
+        "malformed_json": ('{"cells": [', 0),
+        "wrong_file_name": (solved(), 0),
+        "empty_folder": (None, 0),
+    }
+
+
+@pytest.fixture(scope="module")
+def adversarial(tmp_path_factory):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.5)
+    connections = []
+
+    def accept():
+        while listener.fileno() != -1:
+            try:
+                connections.append(listener.accept()[0])
+            except OSError:
+                if listener.fileno() == -1:
+                    return
+
+    threading.Thread(target=accept, daemon=True).start()
+    root = tmp_path_factory.mktemp("adversarial")
+    subs = root / "submissions"
+    expected = {}
+    for name, (content, points) in build_class(listener.getsockname()[1]).items():
+        folder = subs / name / A
+        folder.mkdir(parents=True)
+        file_name = "attention (1).ipynb" if name == "wrong_file_name" else SPEC.notebook
+        if isinstance(content, str):
+            (folder / file_name).write_text(content)
+        elif name == "duplicated_cells":  # nbformat would refuse to write duplicate cell ids
+            (folder / file_name).write_text(json.dumps(content))
+        elif content is not None:
+            nbformat.write(content, folder / file_name)
+        expected[name] = points
+    out = root / "out"
+    run_cli("grade", A, "--submissions", str(subs), "--out", str(out), "--workers", "2",
+            "--cell-timeout", "8", "--timeout", "120", "--quiet", timeout=1200)
+    listener.close()
+    with open(out / "grades.csv") as f:
+        rows = list(csv.DictReader(f))
+    table = {}
+    for r in rows:
+        table.setdefault(r["student"], {})[r["check"]] = r
+    return {"table": table, "expected": expected, "out": out, "connections": connections}
+
+
+def printed(out, student) -> str:
+    nb = nbformat.read(out / "autograded" / student / A / SPEC.notebook, as_version=4)
+    return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+
+
+def notes(out, student) -> str:
+    return json.loads((out / student / "results.json").read_text())["output"]
+
+
+def total(table, student) -> float:
+    return sum(float(r["points"]) for r in table[student].values())
+
+
+def test_each_attack_gets_exactly_its_points(adversarial):
+    table, expected = adversarial["table"], adversarial["expected"]
+    assert set(table) == set(expected), "every submission is graded, none stops the class"
+    report = {s: (total(table, s), expected[s]) for s in sorted(expected)}
+    print("\n".join(f"{s:22s} {got:g}/{FULL} (expected {want})" for s, (got, want) in report.items()))
+    wrong = {s: v for s, v in report.items() if v[0] != v[1]}
+    assert not wrong, wrong
+    for student, checks in table.items():
+        for r in checks.values():
+            assert (float(r["points"]) < float(r["max_points"])) == bool(r["message"]), (student, r)
+
+
+def test_attack_messages(adversarial):
+    t, out = adversarial["table"], adversarial["out"]
+    assert "expected a torch.Tensor" in t["always_equal"]["causal_mask"]["message"]
+    assert "query 0 may not attend to key 0" in t["lying_tensor"]["causal_mask"]["message"]
+    assert "uses genlab.masks.causal_mask" in t["calls_reference"]["causal_mask"]["message"]
+    assert "uses genlab.attention.scaled_dot_product_attention" in t["calls_reference"]["sdpa"]["message"]
+    assert "NotImplementedError" in t["patch_asserts"]["sdpa"]["message"]
+    assert "kernel died" in notes(out, "os_exit") and "kernel died" in notes(out, "kill_kernel")
+    assert "stopped abnormally" in notes(out, "kill_runner")
+    assert "no output recorded" in t["os_exit"]["sdpa"]["message"]
+    assert "no output recorded" in t["hung_function"]["dependence_map"]["message"]
+    assert "could not be read as a notebook" in t["malformed_json"]["sdpa"]["message"]
+    assert "found: attention (1).ipynb" in t["wrong_file_name"]["sdpa"]["message"]
+    assert "empty or missing" in t["empty_folder"]["sdpa"]["message"]
+
+
+def test_the_sandbox_held(adversarial):
+    out = adversarial["out"]
+    snoop = printed(out, "snoop_and_write")
+    assert ("snoop: {'hidden references': 0, 'specs': 0, 'solutions': 0, 'git': 0, 'gradebooks': 0, "
+            "'other submissions': 0} recorder folder listing: PermissionError") in snoop
+    with open(out / "grades.csv") as f:
+        assert "snoop" not in f.read().replace("snoop_and_write", "")
+    assert "socket to the host's loopback: refused" in printed(out, "socket")
+    assert not adversarial["connections"], "a submission reached a listener on the host"
+    assert "process bomb stopped after" in printed(out, "process_bomb")
+    assert "memory bomb stopped after" in printed(out, "memory_bomb")
+    assert "'NBGRADER_EXECUTION'" not in printed(out, "detect_grading")
+    leftovers = subprocess.run(["pgrep", "-f", "sleep 60[01]"], capture_output=True, text=True).stdout
+    assert not leftovers.strip(), "a submission's process outlived its grading"
