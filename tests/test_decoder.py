@@ -16,8 +16,8 @@ transformers = pytest.importorskip("transformers")
 V, N_POS, C, L, H = 100, 64, 32, 2, 4
 TINY = dict(vocab_size=V, n_positions=N_POS, n_embd=C, n_layer=L, n_head=H)
 HF_ATOL = 1e-5
+HF_ATTENTION = "eager"  # transformers' plain matmul attention ("sdpa" agrees as well)
 BACKENDS = pytest.mark.parametrize("backend", ["torch", "scratch"])
-DEVIATIONS = {}  # check name -> largest |ours - transformers| seen
 
 
 def gen(seed):
@@ -30,7 +30,6 @@ def random_ids(B, T, seed=0):
 
 def record(name, ours, theirs):
     deviation = (ours - theirs).abs().max().item()
-    DEVIATIONS[name] = deviation
     print(f"\n[decoder vs transformers] {name}: max |diff| = {deviation:.2e}")
     return deviation
 
@@ -46,8 +45,8 @@ def left_padded_mask(lengths, T):
 @pytest.fixture(scope="module")
 def hf_model():
     """A tiny random GPT-2 with every parameter (biases, LayerNorms too) drawn from a seed."""
-    config = transformers.GPT2Config(**TINY, bos_token_id=0, eos_token_id=1, pad_token_id=0)
-    config._attn_implementation = "eager"
+    config = transformers.GPT2Config(**TINY, bos_token_id=0, eos_token_id=1, pad_token_id=0,
+                                     attn_implementation=HF_ATTENTION)
     with torch.random.fork_rng():  # HF's own init uses the global RNG; keep ours untouched
         torch.manual_seed(0)
         model = transformers.GPT2LMHeadModel(config).eval()
@@ -55,8 +54,8 @@ def hf_model():
     with torch.no_grad():
         for name, p in model.named_parameters():
             noise = torch.randn(p.shape, generator=g)
-            p.copy_(1.0 + 0.1 * noise if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight"))
-                    else 0.1 * noise)
+            is_norm_gain = name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight"))
+            p.copy_(1.0 + 0.1 * noise if is_norm_gain else 0.1 * noise)
     return model
 
 
@@ -139,7 +138,8 @@ def test_from_hf_refuses_what_it_cannot_load(hf_model):
 
     with pytest.raises(ValueError, match=r"missing \['transformer.h.1.mlp.c_fc.bias'"):
         GPT.from_hf(Truncated())
-    other = transformers.GPT2Config(**TINY, scale_attn_by_inverse_layer_idx=True)
+    other = transformers.GPT2Config(**TINY, bos_token_id=0, eos_token_id=1,
+                                    scale_attn_by_inverse_layer_idx=True)
     with pytest.raises(ValueError, match="scale_attn_by_inverse_layer_idx"):
         GPT.from_hf(transformers.GPT2LMHeadModel(other))
 
@@ -282,7 +282,8 @@ def test_top_k_keeps_exactly_k_even_with_ties():
 def test_top_p_keeps_the_smallest_nucleus():
     probs = torch.tensor([[0.05, 0.5, 0.15, 0.3]])
     logits = probs.log()
-    for top_p, expected in [(0.1, [1]), (0.5, [1]), (0.75, [1, 3]), (0.81, [1, 2, 3]), (1.0, [0, 1, 2, 3])]:
+    cases = [(0.1, [1]), (0.5, [1]), (0.75, [1, 3]), (0.81, [1, 2, 3]), (1.0, [0, 1, 2, 3])]
+    for top_p, expected in cases:
         kept = torch.isfinite(filter_logits(logits, top_p=top_p))[0].nonzero().flatten()
         assert kept.tolist() == expected, top_p
     # property on random rows: the kept set is the m most likely, m minimal with mass >= top_p
@@ -324,7 +325,8 @@ def test_seeded_sampling_is_reproducible_and_ignores_global_rng(model):
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
     greedy = model.generate(prompt, 10)
-    assert torch.equal(model.generate(prompt, 10, do_sample=True, top_k=1, generator=gen(3)), greedy)
+    top_1 = model.generate(prompt, 10, do_sample=True, top_k=1, generator=gen(3))
+    assert torch.equal(top_1, greedy)
 
 
 def test_eos_stops_generation(model):

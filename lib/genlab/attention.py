@@ -202,7 +202,7 @@ def _check_backend(backend: str) -> str:
     return backend
 
 
-def _torch_attention(q, k, v, attn_mask, is_causal, dropout_p) -> torch.Tensor:
+def torch_attention(q, k, v, attn_mask, is_causal, dropout_p) -> torch.Tensor:
     """torch's fused SDPA with genlab's answer for fully masked rows (zeros).
 
     Some torch kernels (fused CUDA ones, older versions) return NaN for a query
@@ -271,7 +271,7 @@ class MultiHeadAttention(nn.Module):
                 q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=dropout_p
             )  # (B, H, T, Dh), (B, H, T, T)
         else:
-            heads = _torch_attention(q, k, v, attn_mask, is_causal, dropout_p)  # (B, H, T, Dh)
+            heads = torch_attention(q, k, v, attn_mask, is_causal, dropout_p)  # (B, H, T, Dh)
 
         output = self.o_proj(merge_heads(heads))  # (B, T, C)
         return (output, weights) if need_weights else output

@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import ast
 import collections
+import functools
 import json
-import math
 import os
 import re
 import sysconfig
@@ -70,6 +70,9 @@ class Vocab:
     the special tokens are the module constants ``PAD_ID`` .. ``UNK_ID``.
     """
 
+    n_special = len(SPECIAL_TOKENS)
+    pad_id, cls_id, sep_id, mask_id, unk_id = PAD_ID, CLS_ID, SEP_ID, MASK_ID, UNK_ID
+
     def __init__(self, tokens):
         tokens = list(tokens)
         clashes = sorted(set(tokens) & set(SPECIAL_TOKENS))
@@ -80,9 +83,6 @@ class Vocab:
             raise ValueError(f"Vocab tokens must be unique, duplicates: {duplicates[:5]}")
         self.itos = list(SPECIAL_TOKENS) + tokens  # id -> token string
         self.stoi = {token: i for i, token in enumerate(self.itos)}  # token string -> id
-
-    n_special = len(SPECIAL_TOKENS)
-    pad_id, cls_id, sep_id, mask_id, unk_id = PAD_ID, CLS_ID, SEP_ID, MASK_ID, UNK_ID
 
     @classmethod
     def for_hmm(cls, n_symbols: int) -> "Vocab":
@@ -184,8 +184,10 @@ class HMMLanguage:
     def __init__(self, n_states: int = 8, n_symbols: int = 24, seed: int = 0,
                  concentration: float = 1.0, n_successors: int = 2,
                  symbols_per_state: int = 6, floor: float = 1e-3):
-        if n_states < 1 or n_symbols < 2:
-            raise ValueError(f"need n_states >= 1 and n_symbols >= 2, got {n_states}, {n_symbols}")
+        if n_states < 1 or n_symbols < 2 or n_successors < 1 or symbols_per_state < 1:
+            raise ValueError("need n_states >= 1, n_symbols >= 2, n_successors >= 1 and "
+                             f"symbols_per_state >= 1, got {n_states}, {n_symbols}, "
+                             f"{n_successors}, {symbols_per_state}")
         self.n_states, self.n_symbols, self.seed = n_states, n_symbols, seed
         S, V = n_states, n_symbols
         rng = np.random.default_rng(seed)
@@ -193,9 +195,9 @@ class HMMLanguage:
         cycle = rng.permutation(S)  # cycle[k] -> cycle[k + 1]: every state reachable
         successors = np.zeros((S, S), dtype=bool)  # (S, S) allowed transitions
         successors[cycle, np.roll(cycle, -1)] = True
+        n_extra = min(n_successors, S) - 1
         for state in range(S):
             others = np.flatnonzero(~successors[state])
-            n_extra = min(n_successors, S) - 1
             successors[state, rng.choice(others, size=n_extra, replace=False)] = True
 
         ring = rng.permutation(V)  # symbols in ring order
@@ -412,8 +414,15 @@ def stdlib_docstrings(max_files: int | None = None) -> list[str]:
     Files that fail to parse are skipped.  Within a file, docstrings come in
     ``ast.walk`` order (module, then classes and functions), cleaned with
     ``ast.get_docstring``; empty ones are dropped.  ``max_files`` limits how
-    many files are read (the first ones in sorted order).
+    many files are read (the first ones in sorted order).  The result is
+    cached per process (parsing the whole library takes a few seconds); each
+    call returns a fresh list.
     """
+    return list(_read_stdlib_docstrings(max_files))
+
+
+@functools.lru_cache(maxsize=4)
+def _read_stdlib_docstrings(max_files: int | None) -> tuple[str, ...]:
     root = Path(sysconfig.get_paths()["stdlib"])
     sources = _stdlib_sources(root)[:max_files]
     docstrings = []
@@ -429,7 +438,7 @@ def stdlib_docstrings(max_files: int | None = None) -> list[str]:
                 docstring = ast.get_docstring(node, clean=True)
                 if docstring and docstring.strip():
                     docstrings.append(docstring)
-    return docstrings
+    return tuple(docstrings)
 
 
 # ---------------------------------------------------------------------------
@@ -583,8 +592,8 @@ class WordTokenizer(_Tokenizer):
 def lm_batches(tokens: torch.Tensor, batch_size: int, block_size: int,
                generator: torch.Generator):
     """Random contiguous blocks for causal LM training: ``(inputs, targets)``, each
-    LongTensor (batch_size, block_size), with ``targets[:, i] == inputs[:, i + 1]``
-    shifted in the source (targets are the next tokens).
+    LongTensor (batch_size, block_size).  ``targets`` is ``inputs`` shifted by
+    one position in the source: ``targets[:, i]`` is the token after ``inputs[:, i]``.
 
     ``tokens`` is one long stream (T,) or a set of sequences (N, L); a block
     never crosses from one sequence into the next.  Each block picks its row and

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 
 from genlab.attention import (
     BACKENDS,
-    _torch_attention,
+    torch_attention,
     merge_heads,
     scaled_dot_product_attention,
     split_heads,
@@ -98,7 +98,8 @@ class GPTConfig:
                 f"GPTConfig.n_embd={self.n_embd} must be divisible by n_head={self.n_head}"
             )
         if self.n_inner is not None and (not isinstance(self.n_inner, int) or self.n_inner < 1):
-            raise ValueError(f"GPTConfig.n_inner must be None or a positive int, got {self.n_inner!r}")
+            raise ValueError(f"GPTConfig.n_inner must be None or an int >= 1, "
+                             f"got {self.n_inner!r}")
         if self.activation_function not in ACTIVATIONS:
             raise ValueError(
                 f"GPTConfig.activation_function must be one of {sorted(ACTIVATIONS)}, "
@@ -106,10 +107,10 @@ class GPTConfig:
             )
         for name in ("resid_pdrop", "embd_pdrop", "attn_pdrop"):
             if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"GPTConfig.{name} must be in [0, 1), got {getattr(self, name)!r}")
+                raise ValueError(f"GPTConfig.{name} must be in [0, 1), got {getattr(self, name)}")
         for name in ("layer_norm_epsilon", "initializer_range"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"GPTConfig.{name} must be > 0, got {getattr(self, name)!r}")
+                raise ValueError(f"GPTConfig.{name} must be > 0, got {getattr(self, name)}")
         if self.attn_backend not in BACKENDS:
             raise ValueError(
                 f"GPTConfig.attn_backend must be one of {BACKENDS}, got {self.attn_backend!r}"
@@ -143,7 +144,7 @@ class CausalSelfAttention(nn.Module):
             v = torch.cat([past_v, v], dim=-2)
         dropout_p = self.attn_pdrop if self.training else 0.0
         if self.backend == "torch":  # fast path: torch's fused kernel
-            y = _torch_attention(q, k, v, attn_mask, is_causal, dropout_p)  # (B, H, T, D)
+            y = torch_attention(q, k, v, attn_mask, is_causal, dropout_p)  # (B, H, T, D)
         else:  # readable path: softmax(q k^T / sqrt(D)) v as explicit matmuls
             y, _ = scaled_dot_product_attention(
                 q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=dropout_p
@@ -261,7 +262,8 @@ class GPT(nn.Module):
             )
         if past_key_values is not None and len(past_key_values) != self.config.n_layer:
             raise ValueError(
-                f"past_key_values has {len(past_key_values)} layers, the model {self.config.n_layer}"
+                f"past_key_values has {len(past_key_values)} layers, "
+                f"the model has n_layer={self.config.n_layer}"
             )
         positions, attn_mask, is_causal = self._positions_and_mask(
             attention_mask, B, T, T_past, input_ids.device
@@ -308,7 +310,7 @@ class GPT(nn.Module):
             positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, T_past:]  # (B, T)
         causal = torch.ones(T, T_past + T, dtype=torch.bool, device=device).tril(T_past)  # (T, Tk)
         pad = None if attention_mask is None else padding_mask(attention_mask)  # (B, 1, 1, Tk)
-        return positions, combine_masks(causal, pad), False  # (B or 1, 1, T, Tk)
+        return positions, combine_masks(causal, pad), False  # (T, Tk) or (B, 1, T, Tk)
 
     # ------------------------------------------------------------------------
     # generation
@@ -406,7 +408,8 @@ class GPT(nn.Module):
         theirs.setdefault("lm_head.weight", theirs.get("transformer.wte.weight"))
         missing = sorted(set(ours) - set(theirs))
         unexpected = sorted(set(theirs) - set(ours))
-        wrong_shape = sorted(k for k in set(ours) & set(theirs) if ours[k].shape != theirs[k].shape)
+        wrong_shape = sorted(k for k in set(ours) & set(theirs)
+                             if ours[k].shape != theirs[k].shape)
         if missing or unexpected or wrong_shape:
             raise ValueError(
                 "GPT.from_hf: the checkpoint does not match GPT-2's layout; "
@@ -438,7 +441,8 @@ def _config_from_hf(hf_config) -> GPTConfig:
 # the loss
 
 
-def lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+def lm_loss(logits: torch.Tensor, input_ids: torch.Tensor,
+            ignore_index: int = -100) -> torch.Tensor:
     """Next-token cross-entropy: logits (B, T, V) at position t predict input_ids[:, t + 1].
 
     Targets equal to ``ignore_index`` (padding, prompt tokens) do not count.
@@ -451,9 +455,8 @@ def lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, ignore_index: int = -
         )
     shifted = logits[:, :-1, :]  # (B, T-1, V): predictions for positions 1..T-1
     targets = input_ids[:, 1:]  # (B, T-1)
-    return F.cross_entropy(
-        shifted.reshape(-1, shifted.size(-1)).float(), targets.reshape(-1), ignore_index=ignore_index
-    )
+    return F.cross_entropy(shifted.reshape(-1, shifted.size(-1)).float(),  # (B * (T-1), V)
+                           targets.reshape(-1), ignore_index=ignore_index)
 
 
 # ----------------------------------------------------------------------------
@@ -462,7 +465,9 @@ def lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, ignore_index: int = -
 
 def _check_filters(temperature, top_k, top_p):
     if not temperature > 0:
-        raise ValueError(f"temperature must be > 0 (use do_sample=False for greedy), got {temperature}")
+        raise ValueError(
+            f"temperature must be > 0 (for greedy use do_sample=False), got {temperature}"
+        )
     if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
     if top_p is not None and not 0.0 < top_p <= 1.0:

@@ -36,16 +36,15 @@ be computed by genlab's from-scratch ``scaled_dot_product_attention`` (explicit
 matmuls: readable, and visible to torch.fx for FLOP counting) or by torch's
 fused ``F.scaled_dot_product_attention``; both give the same numbers.
 
-Randomness: module initialisation uses torch's global RNG (seed it yourself);
-everything else takes a ``torch.Generator``: ``mask_tokens``,
-``make_nsp_pairs``, and dropout in training mode (``generator=`` in
-``forward``; without one, dropout uses torch's global RNG like ``nn.Dropout``).
+Randomness: the models' initial weights come from ``seed`` (constructor
+argument, default 0); ``mask_tokens`` and ``make_nsp_pairs`` take a
+``torch.Generator``, and so does ``forward`` for dropout in training mode
+(without one, dropout uses torch's global RNG, like ``nn.Dropout``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -55,7 +54,7 @@ import torch.nn.functional as F
 
 from genlab.attention import (
     BACKENDS,
-    _torch_attention,
+    torch_attention,
     merge_heads,
     scaled_dot_product_attention,
     split_heads,
@@ -158,7 +157,7 @@ class BertSelfAttention(nn.Module):
             )  # (B, H, T, Dh)
         else:
             # F.scaled_dot_product_attention, with zeros for a query that sees no key
-            heads = _torch_attention(q, k, v, allowed, False, dropout_p)  # (B, H, T, Dh)
+            heads = torch_attention(q, k, v, allowed, False, dropout_p)  # (B, H, T, Dh)
         return merge_heads(heads)  # (B, T, C)
 
 
@@ -373,21 +372,27 @@ class BertConfig:
         return cls(**values)
 
 
-def init_bert_weights(module: nn.Module, std: float) -> None:
-    """BERT's initialisation (as HF's): Linear and Embedding weights ~ N(0, std),
-    biases 0, the padding token's embedding 0, LayerNorm weight 1 and bias 0."""
-    if isinstance(module, nn.Linear):
-        nn.init.normal_(module.weight, mean=0.0, std=std)
-        if module.bias is not None:
+@torch.no_grad()
+def init_bert_weights(model: nn.Module, std: float, generator: torch.Generator) -> None:
+    """BERT's initialisation (as HF's), drawn from ``generator``: Linear and
+    Embedding weights ~ N(0, std), biases 0, the padding token's embedding 0,
+    LayerNorm weight 1 and bias 0.  A tied weight is drawn once.  The numbers
+    are drawn on the CPU and copied, so a model built on any device (e.g. under
+    ``with torch.device("cuda"):``) gets the same weights."""
+    drawn = set()
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            if id(module.weight) in drawn:
+                continue  # the tied MLM decoder: its weight is the word embedding matrix
+            drawn.add(id(module.weight))
+            module.weight.copy_(std * torch.randn(module.weight.shape, generator=generator))
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+            if getattr(module, "padding_idx", None) is not None:
+                module.weight[module.padding_idx] = 0.0
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.Embedding):
-        nn.init.normal_(module.weight, mean=0.0, std=std)
-        if module.padding_idx is not None:
-            with torch.no_grad():
-                module.weight[module.padding_idx].zero_()
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
 
 
 # ----------------------------------------------------------------------------
@@ -422,15 +427,19 @@ def _load_hf_weights(model: nn.Module, hf_model: nn.Module) -> nn.Module:
 
 
 class BertModel(nn.Module):
-    """Embeddings, encoder layers, pooler.  HF parameter names throughout."""
+    """Embeddings, encoder layers, pooler.  HF parameter names throughout.
 
-    def __init__(self, config: BertConfig):
+    ``BertModel(config, seed=0)``: the initial weights are drawn from a
+    generator seeded with ``seed`` (not from torch's global RNG).
+    """
+
+    def __init__(self, config: BertConfig, seed: int = 0):
         super().__init__()
         self.config = config
         self.embeddings = BertEmbeddings(config)
         self.encoder = BertEncoder(config)
         self.pooler = BertPooler(config)
-        self.apply(functools.partial(init_bert_weights, std=config.initializer_range))
+        init_bert_weights(self, config.initializer_range, torch.Generator().manual_seed(seed))
 
     def forward(
         self,
@@ -506,16 +515,21 @@ def masked_lm_loss(prediction_logits: torch.Tensor, labels: torch.Tensor) -> tor
 
 
 class BertForPreTraining(nn.Module):
-    """``bert`` (BertModel) + ``cls`` heads: MLM over the vocabulary, NSP over 2 classes."""
+    """``bert`` (BertModel) + ``cls`` heads: MLM over the vocabulary, NSP over 2 classes.
 
-    def __init__(self, config: BertConfig):
+    ``BertForPreTraining(config, seed=0)``: the weights are drawn from a
+    generator seeded with ``seed``, body first, so that ``.bert`` holds the same
+    weights as ``BertModel(config, seed)``.
+    """
+
+    def __init__(self, config: BertConfig, seed: int = 0):
         super().__init__()
         self.config = config
-        self.bert = BertModel(config)  # initialises itself
+        self.bert = BertModel(config)
         self.cls = BertPreTrainingHeads(config)
-        self.cls.apply(functools.partial(init_bert_weights, std=config.initializer_range))
         # weight tying: the MLM decoder's (V, C) weight is the word embedding matrix itself
         self.cls.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight
+        init_bert_weights(self, config.initializer_range, torch.Generator().manual_seed(seed))
 
     def forward(
         self,
@@ -600,9 +614,9 @@ def mask_tokens(
 
     ``labels`` holds the original token at selected positions and -100 at all
     others.  The input is not modified.  Draws happen on the generator's device
-    (CPU if none is given: then torch's global RNG for the input's device) and
-    are moved to the input's device, so a CPU generator gives the same result
-    on CPU and CUDA.
+    and are moved to the input's device, so a CPU generator gives the same
+    result on CPU and CUDA (without a generator: torch's global RNG for the
+    input's device).
     """
     if not 0.0 <= mlm_probability <= 1.0:
         raise ValueError(f"mlm_probability must be in [0, 1], got {mlm_probability}")
@@ -671,7 +685,7 @@ def make_nsp_pairs(
     3. if ``len(A) + len(B) > max_len - 3``, tokens are dropped from the end of
        the longer of the two (A on ties) until they fit.
 
-    Returns a dict of CPU tensors, ready for ``BertForPreTraining(**batch)``:
+    Returns a dict of CPU tensors, ready for ``model(**batch)`` with a ``BertForPreTraining``:
     ``input_ids``, ``token_type_ids`` (0 for [CLS] A [SEP], 1 for B [SEP],
     0 on padding), ``attention_mask`` (1 real, 0 padding), all (N, max_len),
     and ``next_sentence_label`` (N,).
