@@ -1,0 +1,936 @@
+"""Models as diagrams: nodes are operations, edges are the tensors between them.
+
+A forward pass is a directed acyclic graph.  Each node is one operation (a
+``Linear`` layer, a ``matmul``, a ``softmax``, a residual ``add``); each edge is
+the tensor that one operation hands to the next, labelled with its shape.
+Drawn in layers, a transformer block reads like a Feynman diagram: inputs come
+in at the top, interact at the vertices, and the output leaves at the bottom
+(the analogy is the one of Hou et al., "Feynman diagrams as computational
+graphs", arXiv:2403.18840, who compile diagrams into tensor programs; here we
+go the other way and draw the tensor program).
+
+Three steps turn a module into such a diagram:
+
+1. **Trace** (``torch.fx``).  The tracer calls ``forward`` with stand-ins
+   (proxies) instead of tensors and records every operation applied to them.
+   Plain ``torch.fx.symbolic_trace`` keeps shapes symbolic, so Python code that
+   *looks* at a shape fails: ``if x.dim() != 3: raise ...``, ``B, T, C =
+   x.shape`` followed by an ``if``, ``torch.finfo(x.dtype)``.  genlab validates
+   its inputs everywhere, so ``symbolic_trace`` fails on
+   ``genlab.attention.MultiHeadAttention`` ("symbolically traced variables
+   cannot be used as inputs to control flow").  ``trace`` therefore uses a
+   tracer whose proxies also carry the real value computed on the example
+   inputs: shape, dtype and device queries return real values, Python's
+   ``if``/``raise`` run as in eager mode, and the graph is specialised to the
+   example shapes (the shapes we annotate anyway).  Control flow on tensor
+   *values* (``if mask.any():``) still cannot be traced; for such models
+   ``trace`` falls back to ``make_fx``, which records the ATen kernels that
+   actually ran (more, lower-level nodes: ``view``, ``t``, ``addmm``, ...),
+   including only the branch the example inputs took.
+   Torch's own layers (``nn.Linear``, ``nn.LayerNorm``, ``nn.GELU``) stay
+   single nodes ("leaf modules"); genlab's modules are traced through.
+   Tracing happens in eval mode (no dropout); the module's mode is restored.
+
+2. **Annotate** (an ``torch.fx.Interpreter``).  The traced graph is run once
+   more on the example inputs, node by node, by a subclass of
+   ``torch.fx.passes.shape_prop.ShapeProp`` that records each node's output
+   shape and dtype and runs the node under ``torch.utils.flop_counter.
+   FlopCounterMode``.  The counter knows formulas for matrix products
+   (``mm``, ``addmm``, ``bmm``, ``baddbmm``), convolutions and the fused
+   attention kernels, and counts a matrix product (m, k) @ (k, n) as 2mkn
+   (one multiply and one add per term).  Element-wise ops, softmax and layer
+   norm count 0, and so does the *bias* of ``addmm``: the counted FLOPs are
+   the matrix-product FLOPs.  Caveat: on the CPU, torch's fused
+   ``scaled_dot_product_attention`` kernel has no formula and counts **zero**,
+   so trace attention with the explicit-matmul path
+   (``MultiHeadAttention(backend="scratch")``) to see QK^T and AV counted.
+
+3. **Draw** (matplotlib only, no Graphviz).  Nodes are placed in layers by
+   topological depth (longest path from an input), edges that skip layers are
+   routed through the layers they cross (so residual connections get their own
+   lane), and a few barycentre sweeps reduce crossings.  Boxes carry the op
+   label, the node's name and its FLOPs; edges carry tensor shapes.
+
+``compare`` and ``is_isomorphic`` ask whether two models have the same diagram:
+the same multiset of ops, and a bijection between nodes that preserves op
+labels and directed edges (graph isomorphism).  The check refines node colours
+Weisfeiler-Leman style (a node's colour is its op plus the colours of its
+inputs and users, iterated) and then backtracks over the few nodes colours
+cannot tell apart.  Computational graphs are far from symmetric, so this is
+instant for a few hundred nodes; for highly regular graphs (all nodes alike,
+every node with the same degree) the backtracking is exponential in the worst
+case and gives up after ``max_steps`` tries with an error.
+
+Public names: ``trace``, ``OpGraph`` (with ``OpNode``, ``OpEdge``), ``draw``,
+``compare`` / ``GraphComparison``, ``is_isomorphic``, ``find_isomorphism``,
+``MATMUL_KERNELS``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+import matplotlib.pyplot as plt
+from matplotlib.patches import FancyBboxPatch, Patch
+import torch
+import torch.fx as fx
+import torch.nn as nn
+from torch.fx.node import map_aggregate
+from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
+from torch.utils.flop_counter import FlopCounterMode
+
+__all__ = [
+    "MATMUL_KERNELS",
+    "OpNode",
+    "OpEdge",
+    "OpGraph",
+    "trace",
+    "draw",
+    "GraphComparison",
+    "compare",
+    "find_isomorphism",
+    "is_isomorphic",
+]
+
+# The ATen kernels whose FLOPs are matrix-product FLOPs (FlopCounterMode's names).
+MATMUL_KERNELS = frozenset({"aten.mm", "aten.addmm", "aten.bmm", "aten.baddbmm", "aten._scaled_mm"})
+
+INPUT, OUTPUT = "input", "output"  # op labels of the graph's boundary nodes
+
+# Python operator names shown under their usual tensor names.
+_OPERATOR_LABELS = {"truediv": "div", "floordiv": "floor_divide"}
+
+
+# ----------------------------------------------------------------------------
+# the graph
+
+
+@dataclass(frozen=True)
+class OpNode:
+    """One operation of the diagram.
+
+    ``op``: the label compared between graphs ("Linear", "matmul", "softmax",
+    "input", "output"; the module's class name for a leaf module, the
+    function's or method's name otherwise).  ``name``: unique within the graph
+    ("attn_q_proj").  ``kind``: the fx opcode (placeholder, call_module,
+    call_function, call_method, get_attr, output).  ``target``: what was called
+    ("attn.q_proj", "operator.matmul", "softmax").  ``shape``: the output's
+    shape, a tuple of ints for a tensor, a tuple of such tuples for a tuple of
+    tensors (``split``), None for no tensor.  ``flops``: FLOPs counted for this
+    node, ``flops_by_kernel`` the same split by ATen kernel ("aten.addmm").
+    """
+
+    name: str
+    op: str
+    kind: str = "call_function"
+    target: str = ""
+    shape: tuple | None = None
+    dtype: torch.dtype | None = None
+    flops: int = 0
+    flops_by_kernel: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OpEdge:
+    """A tensor flowing from node ``source`` to node ``target`` (indices into ``nodes``)."""
+
+    source: int
+    target: int
+    shape: tuple | None = None
+
+
+@dataclass
+class OpGraph:
+    """A diagram: ``nodes`` (traced graphs list them in execution order) and
+    directed ``edges`` between them (indices into ``nodes``).
+
+    ``method`` says how it was traced: "fx" (torch-level ops, shapes concrete),
+    "aten" (make_fx fallback: the ATen kernels that ran) or "manual".
+    """
+
+    nodes: list[OpNode]
+    edges: list[OpEdge]
+    method: str = "manual"
+
+    @classmethod
+    def from_edges(cls, ops: list[str], edges: list[tuple[int, int]],
+                   shapes: list[tuple | None] | None = None) -> "OpGraph":
+        """A hand-drawn diagram: node i has op label ``ops[i]`` (and output ``shapes[i]``)."""
+        shapes = list(shapes) if shapes is not None else [None] * len(ops)
+        if len(shapes) != len(ops):
+            raise ValueError(f"got {len(ops)} ops but {len(shapes)} shapes")
+        nodes = [OpNode(name=f"n{i}", op=op, kind="manual", target=op, shape=shape)
+                 for i, (op, shape) in enumerate(zip(ops, shapes))]
+        for source, target in edges:
+            if not (0 <= source < len(ops) and 0 <= target < len(ops)):
+                raise ValueError(f"edge ({source}, {target}) names a node outside "
+                                 f"0..{len(ops) - 1}")
+        return cls(nodes, [OpEdge(s, t, shapes[s]) for s, t in edges], "manual")
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def total_flops(self) -> int:
+        return sum(node.flops for node in self.nodes)
+
+    def matmul_flops(self) -> int:
+        """FLOPs of matrix products only (kernels in ``MATMUL_KERNELS``)."""
+        return sum(count for node in self.nodes
+                   for kernel, count in node.flops_by_kernel.items() if kernel in MATMUL_KERNELS)
+
+    def flops_by_op(self) -> dict[str, int]:
+        """Counted FLOPs summed per op label (labels with zero FLOPs left out)."""
+        totals: Counter = Counter()
+        for node in self.nodes:
+            if node.flops:
+                totals[node.op] += node.flops
+        return dict(totals)
+
+    def op_counts(self) -> Counter:
+        """How many nodes carry each op label (the op-label multiset)."""
+        return Counter(node.op for node in self.nodes)
+
+    def predecessors(self) -> list[list[int]]:
+        incoming: list[list[int]] = [[] for _ in self.nodes]
+        for edge in self.edges:
+            incoming[edge.target].append(edge.source)
+        return incoming
+
+    def successors(self) -> list[list[int]]:
+        outgoing: list[list[int]] = [[] for _ in self.nodes]
+        for edge in self.edges:
+            outgoing[edge.source].append(edge.target)
+        return outgoing
+
+    def topological_order(self) -> list[int]:
+        """Node indices with every node after all of its inputs (Kahn's algorithm)."""
+        incoming, outgoing = self.predecessors(), self.successors()
+        waiting = [len(sources) for sources in incoming]
+        ready = [i for i, count in enumerate(waiting) if count == 0][::-1]
+        order = []
+        while ready:
+            node = ready.pop()
+            order.append(node)
+            for user in outgoing[node]:
+                waiting[user] -= 1
+                if waiting[user] == 0:
+                    ready.append(user)
+        if len(order) != len(self.nodes):
+            raise ValueError("the graph has a cycle; only acyclic graphs have layers")
+        return order
+
+    def depths(self) -> list[int]:
+        """Longest-path depth of every node: sources 0, a node one below its deepest input."""
+        incoming = self.predecessors()
+        depth = [0] * len(self.nodes)
+        for node in self.topological_order():
+            depth[node] = max((depth[source] + 1 for source in incoming[node]), default=0)
+        return depth
+
+    def summary(self) -> str:
+        """A table of the nodes: name, op, output shape, FLOPs."""
+        rows = [("node", "op", "shape", "FLOPs")]
+        rows += [(n.name, n.op, _format_shape(n.shape), f"{n.flops:,}") for n in self.nodes]
+        widths = [max(len(row[col]) for row in rows) for col in range(4)]
+        lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+                 for row in rows]
+        lines.insert(1, "  ".join("-" * width for width in widths))
+        lines.append(f"{len(self.nodes)} nodes, {len(self.edges)} edges, "
+                     f"{self.total_flops():,} FLOPs ({self.matmul_flops():,} in matrix products)")
+        return "\n".join(lines)
+
+
+def _format_shape(shape) -> str:
+    if shape is None:
+        return "-"
+    if all(isinstance(size, int) for size in shape):
+        return "(" + ", ".join(str(size) for size in shape) + ")"
+    return "[" + ", ".join(_format_shape(part) for part in shape) + "]"
+
+
+# ----------------------------------------------------------------------------
+# tracing with concrete shapes
+
+
+class _Unknown:
+    """The value of a node the tracer cannot evaluate (a fixed argument's guard)."""
+
+
+_UNKNOWN = _Unknown()
+
+
+class _ConcreteProxy(fx.Proxy):
+    """An fx proxy that also carries the real value of its node on the example inputs.
+
+    Queries about metadata (``shape``, ``ndim``, ``dtype``, ``device``,
+    ``is_cuda``, ``size()``, ``dim()``, ``numel()``, ``is_floating_point()``,
+    ``is_complex()``, ``len()``) return real values instead of recording graph
+    nodes, so code like ``if x.dim() != 3: raise`` or
+    ``torch.finfo(x.dtype)`` runs during tracing.  Everything else (arithmetic,
+    methods, torch functions) is recorded as usual.
+    """
+
+    @property
+    def value(self):
+        return self.node.meta["example_value"]
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.value.shape
+
+    @property
+    def ndim(self) -> int:
+        return self.value.ndim
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.value.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.value.device
+
+    def size(self, dim: int | None = None):
+        return self.value.size() if dim is None else self.value.size(dim)
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.value.is_cuda
+
+    def dim(self) -> int:
+        return self.value.dim()
+
+    def numel(self) -> int:
+        return self.value.numel()
+
+    def is_floating_point(self) -> bool:
+        return self.value.is_floating_point()
+
+    def is_complex(self) -> bool:
+        return self.value.is_complex()
+
+    def __len__(self) -> int:
+        return len(self.value)
+
+    def __iter__(self):  # q, k, v = x.split(C, dim=-1): one getitem node per part
+        return (self[i] for i in range(len(self.value)))
+
+
+class _ConcreteTracer(fx.Tracer):
+    """fx tracing where every recorded node is also computed on the example inputs."""
+
+    def __init__(self, example_values: dict[str, object]):
+        super().__init__()
+        self.example_values = example_values  # placeholder name -> example input
+        self._evaluating = False  # True while we run an op on real values
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _ConcreteProxy(node, self)
+
+    # While an op runs on real values, module calls and parameter lookups must
+    # not be recorded (fx patches them for the whole duration of ``trace``).
+    def call_module(self, m, forward, args, kwargs):
+        if self._evaluating:
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr, attr_val, parameter_proxy_cache):
+        if self._evaluating:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
+
+    def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None,
+                     proxy_factory_fn=None):
+        proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
+        proxy.node.meta["example_value"] = self._evaluate(kind, target, args, kwargs)
+        return proxy
+
+    def _evaluate(self, kind, target, args, kwargs):
+        if kind == "placeholder":
+            return self.example_values.get(target, _UNKNOWN)
+        if kind == "output":
+            return None
+        unknown = False
+
+        def real(value):
+            nonlocal unknown
+            if isinstance(value, fx.Proxy):
+                value = value.node.meta["example_value"]
+                unknown = unknown or value is _UNKNOWN
+            return value
+
+        args, kwargs = map_aggregate(args, real), map_aggregate(kwargs, real)
+        if unknown:
+            return _UNKNOWN
+        self._evaluating = True
+        try:
+            with torch.no_grad():
+                if kind == "call_function":
+                    return target(*args, **kwargs)
+                if kind == "call_method":
+                    return getattr(args[0], target)(*args[1:], **kwargs)
+                if kind == "call_module":
+                    return self.root.get_submodule(target)(*args, **kwargs)
+                if kind == "get_attr":
+                    return functools.reduce(getattr, target.split("."), self.root)
+                raise ValueError(f"unexpected fx node kind {kind!r}")
+        finally:
+            self._evaluating = False
+
+
+def _split_arguments(module: nn.Module, example_inputs: tuple, example_kwargs: dict):
+    """Bind the example arguments to ``forward``'s signature.
+
+    Returns ``(tensor_arguments, fixed_arguments)``: arguments that hold tensors
+    become graph inputs (in signature order); every other parameter (flags like
+    ``is_causal``, ``None`` masks, defaults) is fixed to its value for tracing.
+    """
+    signature = inspect.signature(module.forward)
+    bound = signature.bind(*example_inputs, **example_kwargs)
+    bound.apply_defaults()
+    tensor_arguments, fixed_arguments = {}, {}
+    for name, value in bound.arguments.items():
+        kind = signature.parameters[name].kind
+        if kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+            raise TypeError(f"trace: {type(module).__name__}.forward takes *args/**kwargs; "
+                            "wrap the module in one with named arguments")
+        holds_tensor = False
+
+        def note_tensor(leaf):
+            nonlocal holds_tensor
+            holds_tensor = holds_tensor or isinstance(leaf, torch.Tensor)
+
+        map_aggregate(value, note_tensor)
+        (tensor_arguments if holds_tensor else fixed_arguments)[name] = value
+    return tensor_arguments, fixed_arguments
+
+
+def _fx_graph_module(module: nn.Module, tensor_arguments: dict, fixed_arguments: dict):
+    """Trace with ``_ConcreteTracer``; leave ``module`` as it was."""
+    attributes_before = set(vars(module))
+    try:
+        graph = _ConcreteTracer(tensor_arguments).trace(module, concrete_args=fixed_arguments or None)
+        graph_module = fx.GraphModule(module, graph)  # copies what the graph needs from module
+    finally:
+        for added in set(vars(module)) - attributes_before:  # tensor constants fx put on the root
+            delattr(module, added)
+    # fixed arguments leave behind unused placeholders and guards on their values
+    for node in reversed(list(graph.nodes)):
+        if node.users or node.op == "output":
+            continue
+        if node.op == "placeholder" and node.target not in tensor_arguments:
+            graph.erase_node(node)
+        elif node.op == "call_function" and node.meta.get("example_value") is _UNKNOWN:
+            graph.erase_node(node)
+    graph_module.recompile()
+    return graph_module
+
+
+def _aten_graph_module(module: nn.Module, tensor_arguments: dict, fixed_arguments: dict):
+    """The make_fx fallback: record the ATen kernels that run on the example inputs."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    names = list(tensor_arguments)
+
+    def call(*tensors):
+        return module(**dict(zip(names, tensors)), **fixed_arguments)
+
+    # control flow on tensor values runs eagerly: the branch the example takes is recorded
+    graph_module = make_fx(call, _error_on_data_dependent_ops=False)(*tensor_arguments.values())
+    graph_module.graph.eliminate_dead_code()  # unused outputs of multi-output kernels
+    graph_module.recompile()
+    return graph_module
+
+
+class _AnnotatingInterpreter(ShapeProp):
+    """ShapeProp (records ``tensor_meta``) that also counts each node's FLOPs."""
+
+    def run_node(self, node: fx.Node):
+        with FlopCounterMode(display=False) as counter:
+            result = super().run_node(node)
+        counts = counter.get_flop_counts().get("Global", {})
+        node.meta["flops_by_kernel"] = {str(kernel): int(n) for kernel, n in counts.items() if n}
+        return result
+
+
+def _shape_of(meta):
+    if isinstance(meta, TensorMetadata):
+        return tuple(meta.shape)
+    if isinstance(meta, (tuple, list)):
+        parts = [_shape_of(part) for part in meta]
+        parts = [part for part in parts if part is not None]
+        return tuple(parts) if parts else None
+    if isinstance(meta, dict):
+        return _shape_of(list(meta.values()))
+    return None
+
+
+def _dtype_of(meta):
+    if isinstance(meta, TensorMetadata):
+        return meta.dtype
+    if isinstance(meta, (tuple, list)):
+        return next((d for d in map(_dtype_of, meta) if d is not None), None)
+    return None
+
+
+def _callable_name(target) -> str:
+    if isinstance(target, torch._ops.OpOverload):  # aten.addmm.default -> addmm
+        return target.overloadpacket.__name__
+    name = getattr(target, "__name__", None) or str(target)
+    return _OPERATOR_LABELS.get(name, name)
+
+
+def _op_label(node: fx.Node, graph_module: fx.GraphModule) -> str:
+    if node.op == "placeholder":
+        return INPUT
+    if node.op == "output":
+        return OUTPUT
+    if node.op == "call_module":
+        return type(graph_module.get_submodule(node.target)).__name__
+    if node.op == "get_attr":
+        value = functools.reduce(getattr, node.target.split("."), graph_module)
+        return "parameter" if isinstance(value, nn.Parameter) else "constant"
+    if node.op == "call_method":
+        return node.target
+    return _callable_name(node.target)
+
+
+def _target_text(node: fx.Node) -> str:
+    if node.op == "call_function" and not isinstance(node.target, torch._ops.OpOverload):
+        module = getattr(node.target, "__module__", None) or ""
+        module = {"_operator": "operator"}.get(module, module)
+        return f"{module}.{_callable_name(node.target)}".lstrip(".")
+    return str(node.target)
+
+
+def _to_op_graph(graph_module: fx.GraphModule, method: str) -> OpGraph:
+    fx_nodes = list(graph_module.graph.nodes)
+    index = {node: i for i, node in enumerate(fx_nodes)}
+    nodes, edges = [], []
+    for node in fx_nodes:
+        meta = node.meta.get("tensor_meta")
+        flops_by_kernel = node.meta.get("flops_by_kernel", {})
+        shape = _shape_of(meta)
+        nodes.append(OpNode(
+            name=node.name, op=_op_label(node, graph_module), kind=node.op,
+            target=_target_text(node), shape=shape, dtype=_dtype_of(meta),
+            flops=sum(flops_by_kernel.values()), flops_by_kernel=dict(flops_by_kernel),
+        ))
+        for source in node.all_input_nodes:
+            source_shape = _shape_of(source.meta.get("tensor_meta"))
+            edges.append(OpEdge(index[source], index[node], source_shape))
+    return OpGraph(nodes, edges, method)
+
+
+def trace(module: nn.Module, *example_inputs, method: str = "auto", **example_kwargs) -> OpGraph:
+    """Trace ``module`` on example inputs into an annotated ``OpGraph``.
+
+    ``example_inputs``/``example_kwargs`` are passed to ``forward`` as in a
+    normal call; tensor arguments become the graph's inputs, other arguments
+    (``is_causal=True``, ``attn_mask=None``) are fixed for the trace.
+    ``method``: "fx" (torch-level ops, the default when it works), "aten"
+    (``make_fx``: ATen kernels; for models with control flow on tensor values)
+    or "auto" (fx, else aten).  Every node gets its output shape/dtype and its
+    FLOPs on these inputs.  The trace is of eval mode; the module's mode is
+    restored afterwards.
+    """
+    if method not in ("auto", "fx", "aten"):
+        raise ValueError(f"method must be 'auto', 'fx' or 'aten', got {method!r}")
+    tensor_arguments, fixed_arguments = _split_arguments(module, example_inputs, example_kwargs)
+    if not tensor_arguments:
+        raise ValueError("trace needs at least one tensor among the example inputs")
+    was_training = module.training
+    module.eval()
+    try:
+        graph_module, used, fx_error = None, method, None
+        if method in ("auto", "fx"):
+            try:
+                graph_module = _fx_graph_module(module, tensor_arguments, fixed_arguments)
+                used = "fx"
+            except (fx.proxy.TraceError, TypeError, RuntimeError, NotImplementedError) as error:
+                if method == "fx":
+                    raise
+                fx_error = error
+        if graph_module is None:
+            try:
+                graph_module = _aten_graph_module(module, tensor_arguments, fixed_arguments)
+                used = "aten"
+            except Exception as aten_error:
+                raise aten_error from fx_error  # show why both tracers failed
+        with torch.no_grad():
+            _AnnotatingInterpreter(graph_module).propagate(*tensor_arguments.values())
+    finally:
+        module.train(was_training)
+    return _to_op_graph(graph_module, used)
+
+
+# ----------------------------------------------------------------------------
+# isomorphism
+
+
+def _node_keys(graph: OpGraph, match_shapes: bool) -> list:
+    return [(node.op, node.shape) if match_shapes else node.op for node in graph.nodes]
+
+
+def _refine_colours(graphs: tuple[OpGraph, OpGraph], keys: tuple[list, list]):
+    """Joint colour refinement (1-dimensional Weisfeiler-Leman) of two graphs.
+
+    Colours start as the node keys (op labels); each round a node's new colour
+    is its old one plus the sorted colours of its inputs and of its users.
+    Colour ids are shared between the two graphs, so equal colours mean "not
+    told apart by this refinement".  Stops when no class splits any more.
+    """
+    neighbours = [(g.predecessors(), g.successors()) for g in graphs]
+    palette: dict = {}
+    colours = [[palette.setdefault(key, len(palette)) for key in graph_keys] for graph_keys in keys]
+    n_classes = len(palette)
+    for _ in range(max(len(g.nodes) for g in graphs)):
+        signatures = [
+            [(colour[v], tuple(sorted(colour[u] for u in preds[v])),
+              tuple(sorted(colour[w] for w in succs[v]))) for v in range(len(colour))]
+            for colour, (preds, succs) in zip(colours, neighbours)
+        ]
+        palette = {}
+        for signature in sorted(set(signatures[0]) | set(signatures[1])):
+            palette[signature] = len(palette)
+        colours = [[palette[s] for s in graph_signatures] for graph_signatures in signatures]
+        if Counter(colours[0]) != Counter(colours[1]) or len(palette) == n_classes:
+            break
+        n_classes = len(palette)
+    return colours
+
+
+def _search_order(colour: list[int], preds, succs) -> list[int]:
+    """Nodes in the order the search maps them: start at the rarest colour, then
+    always the node with most already-ordered neighbours (so each new node is
+    pinned by edges to mapped ones)."""
+    class_size = Counter(colour)
+    n = len(colour)
+    placed = [False] * n
+    links = [0] * n  # edges to already-ordered nodes
+    order = []
+    for _ in range(n):
+        best = max((v for v in range(n) if not placed[v]),
+                   key=lambda v: (links[v], -class_size[colour[v]], -v))
+        placed[best] = True
+        order.append(best)
+        for neighbour in preds[best] + succs[best]:
+            links[neighbour] += 1
+    return order
+
+
+def find_isomorphism(g1: OpGraph, g2: OpGraph, match_shapes: bool = False,
+                     max_steps: int = 1_000_000) -> list[int] | None:
+    """A node bijection ``mapping[i] = j`` (node i of g1 -> node j of g2) that
+    preserves op labels (and output shapes with ``match_shapes``) and directed
+    edges with their multiplicity; None if there is none.
+
+    Raises RuntimeError when the backtracking exceeds ``max_steps`` candidate
+    tries (only for very symmetric graphs; see the module docstring).
+    """
+    n = len(g1.nodes)
+    if n != len(g2.nodes) or len(g1.edges) != len(g2.edges):
+        return None
+    keys = (_node_keys(g1, match_shapes), _node_keys(g2, match_shapes))
+    if Counter(keys[0]) != Counter(keys[1]):
+        return None
+    colour1, colour2 = _refine_colours((g1, g2), keys)
+    if Counter(colour1) != Counter(colour2):
+        return None
+    if n == 0:
+        return []
+
+    edges1 = Counter((e.source, e.target) for e in g1.edges)
+    edges2 = Counter((e.source, e.target) for e in g2.edges)
+    preds1, succs1 = g1.predecessors(), g1.successors()
+    preds2, succs2 = g2.predecessors(), g2.successors()
+    by_colour = defaultdict(list)
+    for v, colour in enumerate(colour2):
+        by_colour[colour].append(v)
+    order = _search_order(colour1, preds1, succs1)
+    mapping, inverse = [-1] * n, [-1] * n
+
+    def consistent(u: int, v: int) -> bool:
+        """Edges between u and mapped nodes match edges between v and their images."""
+        mapped_neighbours_u = 0
+        for p in set(preds1[u]):
+            if mapping[p] >= 0:
+                mapped_neighbours_u += 1
+                if edges1[(p, u)] != edges2[(mapping[p], v)]:
+                    return False
+        for s in set(succs1[u]):
+            if mapping[s] >= 0:
+                mapped_neighbours_u += 1
+                if edges1[(u, s)] != edges2[(v, mapping[s])]:
+                    return False
+        mapped_neighbours_v = (sum(inverse[p] >= 0 for p in set(preds2[v]))
+                               + sum(inverse[s] >= 0 for s in set(succs2[v])))
+        return mapped_neighbours_u == mapped_neighbours_v  # v has no extra mapped neighbours
+
+    def candidates(u: int):
+        return (v for v in by_colour[colour1[u]] if inverse[v] < 0)
+
+    steps = 0
+    stack = [candidates(order[0])]  # stack[k]: remaining candidates for order[k]
+    while stack:
+        u = order[len(stack) - 1]
+        if mapping[u] >= 0:  # undo the previous choice for u
+            inverse[mapping[u]], mapping[u] = -1, -1
+        for v in stack[-1]:
+            steps += 1
+            if steps > max_steps:
+                raise RuntimeError(f"isomorphism search gave up after {max_steps} steps: "
+                                   "the graphs are too symmetric for this simple checker")
+            if consistent(u, v):
+                mapping[u], inverse[v] = v, u
+                break
+        if mapping[u] < 0:
+            stack.pop()  # no candidate left: backtrack
+            continue
+        if len(stack) == n:
+            return mapping
+        stack.append(candidates(order[len(stack)]))
+    return None
+
+
+def is_isomorphic(g1: OpGraph, g2: OpGraph, match_shapes: bool = False) -> bool:
+    """Same diagram: a bijection of nodes preserving op labels and directed edges."""
+    return find_isomorphism(g1, g2, match_shapes=match_shapes) is not None
+
+
+@dataclass
+class GraphComparison:
+    """What ``compare(a, b)`` found.
+
+    ``same_op_multiset``: both graphs hold each op label equally often;
+    ``op_count_differences``: label -> (count in a, count in b) where they
+    differ.  ``isomorphic``: same diagram up to renaming nodes (op labels and
+    directed edges preserved; shapes ignored).  ``flops``: total counted FLOPs
+    (a, b).  ``edge_shape_differences``: for each kind of edge (source op,
+    target op) whose tensor shapes differ, the sorted shapes in a and in b
+    (an edge kind present in one graph only shows ``()`` for the other).
+    """
+
+    same_op_multiset: bool
+    op_count_differences: dict[str, tuple[int, int]]
+    isomorphic: bool
+    flops: tuple[int, int]
+    edge_shape_differences: dict[tuple[str, str], tuple[tuple, tuple]]
+
+    def __str__(self) -> str:
+        lines = [f"same op multiset: {self.same_op_multiset}",
+                 f"isomorphic:       {self.isomorphic}",
+                 f"FLOPs:            {self.flops[0]:,} vs {self.flops[1]:,}"]
+        for op, (a, b) in sorted(self.op_count_differences.items()):
+            lines.append(f"  op {op!r}: {a} vs {b}")
+        for (source, target), (a, b) in sorted(self.edge_shape_differences.items()):
+            shapes_a = ", ".join(map(_format_shape, a)) or "none"
+            shapes_b = ", ".join(map(_format_shape, b)) or "none"
+            lines.append(f"  edge {source} -> {target}: {shapes_a} vs {shapes_b}")
+        return "\n".join(lines)
+
+
+def _edge_shapes_by_kind(graph: OpGraph) -> dict[tuple[str, str], list]:
+    shapes = defaultdict(list)
+    for edge in graph.edges:
+        shapes[(graph.nodes[edge.source].op, graph.nodes[edge.target].op)].append(edge.shape)
+    return shapes
+
+
+def compare(a: OpGraph, b: OpGraph) -> GraphComparison:
+    """Compare two diagrams: op multisets, isomorphism, FLOPs and edge shapes."""
+    counts_a, counts_b = a.op_counts(), b.op_counts()
+    every_op = sorted(set(counts_a) | set(counts_b))
+    op_differences = {op: (counts_a[op], counts_b[op]) for op in every_op
+                      if counts_a[op] != counts_b[op]}
+    shapes_a, shapes_b = _edge_shapes_by_kind(a), _edge_shapes_by_kind(b)
+    shape_differences = {}
+    for kind in sorted(set(shapes_a) | set(shapes_b)):
+        sorted_a = tuple(sorted(shapes_a.get(kind, []), key=repr))
+        sorted_b = tuple(sorted(shapes_b.get(kind, []), key=repr))
+        if sorted_a != sorted_b:
+            shape_differences[kind] = (sorted_a, sorted_b)
+    return GraphComparison(
+        same_op_multiset=not op_differences,
+        op_count_differences=op_differences,
+        isomorphic=is_isomorphic(a, b),
+        flops=(a.total_flops(), b.total_flops()),
+        edge_shape_differences=shape_differences,
+    )
+
+
+# ----------------------------------------------------------------------------
+# drawing
+
+_BOX_WIDTH, _BOX_HEIGHT = 0.84, 0.56  # in layout units: one lane wide, one layer tall
+_INCHES_PER_LANE, _INCHES_PER_LAYER = 1.65, 0.85
+_MARGIN_INCHES = 0.6  # room for the title and legend
+_COLOURS = {
+    "boundary": "#d9d9d9",   # inputs and outputs
+    "matmul": "#f4a582",     # nodes with counted (matrix-product) FLOPs
+    "module": "#92c5de",     # other leaf modules (LayerNorm, GELU, ...)
+    "other": "#f7f7f7",      # element-wise ops, reshapes, ...
+}
+_LEGEND = {"boundary": "input / output", "matmul": "matrix product (FLOPs counted)",
+           "module": "other torch.nn layer", "other": "element-wise / reshape"}
+
+
+def _category(node: OpNode) -> str:
+    if node.op in (INPUT, OUTPUT):
+        return "boundary"
+    if node.flops:
+        return "matmul"
+    if node.kind == "call_module":
+        return "module"
+    return "other"
+
+
+def _layered_layout(graph: OpGraph, sweeps: int = 4):
+    """Sugiyama-style layout: layers by depth (parameter-only work just above
+    its first user), long edges split into one-layer hops through
+    virtual points, then barycentre sweeps to reduce crossings.
+
+    Returns ``(positions, routes, n_layers, max_width)``: ``positions[node] =
+    (lane, layer)``; ``routes[edge index]`` = the (lane, layer) points an edge
+    passes through, from its source to its target.
+    """
+    depth = graph.depths()
+    order, incoming, outgoing = graph.topological_order(), graph.predecessors(), graph.successors()
+    # Work on parameters alone (a parameter, its transpose) does not depend on the
+    # inputs: place it just above its first user instead of in the top layer.
+    from_inputs = [node.kind == "placeholder" for node in graph.nodes]
+    for i in order:
+        from_inputs[i] = from_inputs[i] or any(from_inputs[source] for source in incoming[i])
+    if any(from_inputs):
+        for i in reversed(order):
+            if not from_inputs[i] and outgoing[i]:
+                depth[i] = min(depth[user] for user in outgoing[i]) - 1
+    n_layers = max(depth, default=0) + 1
+    layers: list[list] = [[] for _ in range(n_layers)]  # items: ("node", i) or ("via", edge, layer)
+    for i in range(len(graph.nodes)):
+        layers[depth[i]].append(("node", i))
+    chains = []  # per edge: the items it passes through
+    for e, edge in enumerate(graph.edges):
+        chain = [("node", edge.source)]
+        for layer in range(depth[edge.source] + 1, depth[edge.target]):
+            via = ("via", e, layer)
+            layers[layer].append(via)
+            chain.append(via)
+        chains.append(chain + [("node", edge.target)])
+    up, down = defaultdict(list), defaultdict(list)  # neighbours in the layer above / below
+    for chain in chains:
+        for upper, lower in zip(chain, chain[1:]):
+            down[upper].append(lower)
+            up[lower].append(upper)
+
+    def reorder(layer_items, neighbours, position):
+        def barycentre(item):
+            linked = [position[other] for other in neighbours[item]]
+            return sum(linked) / len(linked) if linked else position[item]
+        return sorted(layer_items, key=barycentre)
+
+    for _ in range(sweeps):
+        for direction in (range(1, n_layers), range(n_layers - 2, -1, -1)):
+            for layer in direction:
+                position = {item: k for items in layers for k, item in enumerate(items)}
+                layers[layer] = reorder(layers[layer], up if direction.step > 0 else down, position)
+
+    max_width = max(len(items) for items in layers)
+    coordinate = {item: (k - (len(items) - 1) / 2, layer)
+                  for layer, items in enumerate(layers) for k, item in enumerate(items)}
+    positions = [coordinate[("node", i)] for i in range(len(graph.nodes))]
+    routes = [[coordinate[item] for item in chain] for chain in chains]
+    return positions, routes, n_layers, max_width
+
+
+def draw(graph: OpGraph, ax=None, direction: str = "down", show_flops: bool = True,
+         title: str | None = None):
+    """Draw ``graph`` as a layered diagram; returns the matplotlib Figure.
+
+    ``direction``: "down" (inputs at the top) or "right" (inputs at the left).
+    Without ``ax`` the figure size follows the number of layers and the widest
+    layer, so each box keeps a readable size.  Boxes show the op label, the
+    node name and (``show_flops``) its FLOPs; edges show tensor shapes.  Each
+    box is a ``FancyBboxPatch`` with ``gid = "node:<name>"``.
+    """
+    if direction not in ("down", "right"):
+        raise ValueError(f"direction must be 'down' or 'right', got {direction!r}")
+    positions, routes, n_layers, max_width = _layered_layout(graph)
+
+    def to_xy(lane: float, layer: float):
+        return (lane, -layer) if direction == "down" else (layer * 1.6, -lane)
+
+    if ax is None:
+        across = max_width * _INCHES_PER_LANE + 0.5
+        along = n_layers * _INCHES_PER_LAYER + 2 * _MARGIN_INCHES
+        if direction == "down":
+            fig, ax = plt.subplots(figsize=(across, along))
+            fig.subplots_adjust(left=0.01, right=0.99, bottom=_MARGIN_INCHES / along,
+                                top=1 - _MARGIN_INCHES / along)
+        else:
+            fig, ax = plt.subplots(figsize=(along * 1.6, across * 0.7 + 2 * _MARGIN_INCHES))
+    else:
+        fig = ax.figure
+    box_w = _BOX_WIDTH if direction == "down" else _BOX_WIDTH * 1.6
+    box_h = _BOX_HEIGHT
+
+    for edge, route in zip(graph.edges, routes):
+        points = [to_xy(*point) for point in route]
+        start, end = points[0], points[-1]
+        if direction == "down":  # leave the bottom of the source box, enter the top of the target
+            points[0], points[-1] = (start[0], start[1] - box_h / 2), (end[0], end[1] + box_h / 2)
+        else:
+            points[0], points[-1] = (start[0] + box_w / 2, start[1]), (end[0] - box_w / 2, end[1])
+        xs, ys = zip(*points)
+        ax.plot(xs, ys, color="#555555", linewidth=0.8, zorder=1)
+        ax.annotate("", xy=points[-1], xytext=points[-2],
+                    arrowprops=dict(arrowstyle="-|>", color="#555555", linewidth=0.8,
+                                    shrinkA=0, shrinkB=0), zorder=1)
+        if edge.shape is not None:
+            (x0, y0), (x1, y1) = points[0], points[1]
+            ax.text((x0 + x1) / 2, (y0 + y1) / 2, _format_shape(edge.shape), fontsize=6,
+                    ha="center", va="center", color="#333333", zorder=2,
+                    bbox=dict(boxstyle="round,pad=0.1", facecolor="white", edgecolor="none"))
+
+    for node, (lane, layer) in zip(graph.nodes, positions):
+        x, y = to_xy(lane, layer)
+        box = FancyBboxPatch((x - box_w / 2, y - box_h / 2), box_w, box_h,
+                             boxstyle="round,pad=0.02,rounding_size=0.08",
+                             facecolor=_COLOURS[_category(node)], edgecolor="#333333",
+                             linewidth=0.8, zorder=3)
+        box.set_gid(f"node:{node.name}")
+        ax.add_patch(box)
+        details = node.name if node.name != node.op else ""
+        if show_flops and node.flops:
+            details = f"{details}\n{_format_count(node.flops)} FLOPs".strip()
+        ax.text(x, y + (0.1 if details else 0), node.op, fontsize=8.5, fontweight="bold",
+                ha="center", va="center", zorder=4)
+        if details:
+            ax.text(x, y - 0.1, details, fontsize=6, ha="center", va="center",
+                    color="#333333", zorder=4, linespacing=1.1)
+
+    every_point = [to_xy(*point) for route in routes for point in route]
+    every_point += [to_xy(lane, layer) for lane, layer in positions] or [(0.0, 0.0)]
+    xs, ys = zip(*every_point)
+    ax.set_xlim(min(xs) - box_w, max(xs) + box_w)
+    ax.set_ylim(min(ys) - box_h * 1.5, max(ys) + box_h * 1.5)
+    ax.set_aspect("auto")
+    ax.axis("off")
+    handles = [Patch(facecolor=_COLOURS[c], edgecolor="#333333", label=_LEGEND[c])
+               for c in _COLOURS if any(_category(node) == c for node in graph.nodes)]
+    ax.legend(handles=handles, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=2, fontsize=6,
+              frameon=False, borderaxespad=0.1)
+    ax.set_title(title if title is not None else
+                 f"{len(graph.nodes)} ops, {len(graph.edges)} tensors, "
+                 f"{_format_count(graph.total_flops())} FLOPs", fontsize=9, loc="right")
+    return fig
+
+
+def _format_count(count: int) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.3g}{unit}"
+    return str(count)
