@@ -81,6 +81,8 @@ SPEC_MODULES = {
     "01_attention": "autograder.specs.a01_attention",
     "02_bert": "autograder.specs.a02_bert",
     "03_gpt": "autograder.specs.a03_gpt",
+    "04_scgpt": "autograder.specs.a04_scgpt",
+    "05_graphs_quantum": "autograder.specs.a05_graphs_quantum",
 }
 
 
