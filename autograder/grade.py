@@ -141,7 +141,7 @@ def forbidden_in_source(nb, function: str, forbidden: list[str]) -> set[str]:
     found = set()
     for tree in trees:
         for node in ast.walk(tree):
-            if not (isinstance(node, ast.FunctionDef) and node.name == function):
+            if not (isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name == function):
                 continue
             for inner in ast.walk(node):
                 if isinstance(inner, ast.Attribute) and inner.attr in last:

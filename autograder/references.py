@@ -112,8 +112,10 @@ def max_deviation(got: list[np.ndarray], expected: list[np.ndarray]) -> float:
         if e.dtype == np.bool_ or e.dtype.kind in "iu":
             worst = max(worst, float((g != e).sum()))  # exact checks: count of differing entries
         else:
-            diff = np.abs(g.astype(np.float64) - e.astype(np.float64))
-            worst = max(worst, float(np.nanmax(diff)) if diff.size else 0.0)
+            with np.errstate(invalid="ignore"):  # -inf - -inf
+                diff = np.abs(g.astype(np.float64) - e.astype(np.float64))
+            diff = np.where(g == e, 0.0, np.where(np.isnan(diff), np.inf, diff))
+            worst = max(worst, float(diff.max()) if diff.size else 0.0)
     return worst
 
 

@@ -67,5 +67,6 @@ def test_spec_manifest_and_notebook_agree(assignment):
             assert f'record_outputs("{c.function}", {c.function})' in grade_cells[cell].source
     solution_code = "\n".join(c.source for c in nb.cells if c.metadata.get("nbgrader", {}).get("solution"))
     for c in a.checks:
-        assert f"def {c.function}(" in solution_code, f"no solution cell defines {c.function}"
+        assert f"def {c.function}(" in solution_code or f"class {c.function}(" in solution_code, \
+            f"no solution cell defines {c.function}"
     assert any(not c.public for c in a.checks) and any(c.public for c in a.checks)

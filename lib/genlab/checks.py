@@ -21,6 +21,7 @@ This module has three users:
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import sys
@@ -161,10 +162,16 @@ def call_arguments(inputs: dict[str, np.ndarray]) -> dict[str, Any]:
             text = str(value)
             if text.startswith("seed:"):
                 kwargs[name] = torch.Generator().manual_seed(int(text[5:]))
-            elif text.startswith("genlab:") and text[7:] in NAMED_CALLABLES:
+            elif text.startswith("genlab:"):
+                if text[7:] not in NAMED_CALLABLES:  # an assignment's own, registered by its module
+                    from genlab.properties import load_all
+
+                    load_all()
+                if text[7:] not in NAMED_CALLABLES:
+                    raise ValueError(f"input {name!r}: unknown callable {text!r}")
                 kwargs[name] = NAMED_CALLABLES[text[7:]]()
             else:
-                raise ValueError(f"input {name!r}: unknown callable {text!r}")
+                raise ValueError(f"input {name!r}: unknown value {text!r}")
         elif value.ndim == 0:
             kwargs[name] = value.item()
         else:
@@ -330,8 +337,9 @@ def compare_array(got: np.ndarray, expected: np.ndarray, tol: Rule, name: str) -
         hint = " (a fully masked query row must give zeros, not NaN)" if (expected == 0).any() else ""
         return f"`{name}` contains NaN at {_index(idx)}{hint}"
     if not np.allclose(got, expected, rtol=tol.rtol, atol=tol.atol, equal_nan=True):
-        err = np.abs(got.astype(np.float64) - expected)
-        err = np.where(np.isnan(err), np.inf, err)
+        with np.errstate(invalid="ignore"):  # -inf - -inf
+            err = np.abs(got.astype(np.float64) - expected)
+        err = np.where(got == expected, 0.0, np.where(np.isnan(err), np.inf, err))
         idx = tuple(np.unravel_index(np.argmax(err), err.shape))
         return (f"`{name}` differs: largest error {err[idx]:.3g} at {_index(idx)} "
                 f"(got {got[idx]:.6g}, expected {expected[idx]:.6g}; "
@@ -503,7 +511,7 @@ class CallTracer:
         self._codes: dict[Any, str] = {}
         for name in names:
             try:
-                obj = resolve(name)
+                obj = inspect.unwrap(resolve(name))  # a decorated function's own code
             except (ImportError, AttributeError):
                 continue
             if isinstance(obj, type):
