@@ -31,6 +31,7 @@ import queue
 import secrets
 import shutil
 import sys
+import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -68,6 +69,7 @@ class SubmissionResult:
     notes: list[str] = field(default_factory=list)
     executed: Path | None = None
     seconds: float = 0.0
+    final: bool = True  # False: a grader error; the next run grades it again
 
     @property
     def score(self) -> float:
@@ -114,12 +116,18 @@ def _is_student_cell(cell) -> bool:
     return cell.cell_type == "code" and not meta.get("locked", False)
 
 
+# ast.parse is not thread-safe in some CPython 3.11 releases (python/cpython#106905):
+# grading threads parse one at a time.
+_AST_LOCK = threading.Lock()
+
+
 def _parse(source: str):
     lines = [("pass" if line.lstrip().startswith(("%", "!")) else line)
              for line in source.splitlines()]
     try:
-        return ast.parse("\n".join(lines))
-    except SyntaxError:
+        with _AST_LOCK:
+            return ast.parse("\n".join(lines))
+    except (SyntaxError, ValueError, SystemError):
         return None
 
 
@@ -193,6 +201,18 @@ class Grader:
 
     # -- one submission
     def grade_one(self, student: str, slot: int = 0) -> SubmissionResult:
+        """Grade one submission; an error of the grader itself costs this submission a
+        retry on the next run (its result is not marked final), never the class."""
+        try:
+            return self._grade_one(student, slot)
+        except Exception as exc:
+            result = SubmissionResult(student, final=False)
+            result.notes.append(f"internal grading error, graded again on the next run: "
+                                f"{type(exc).__name__}: {str(exc)[:300]}")
+            self._score(None, None, result)
+            return result
+
+    def _grade_one(self, student: str, slot: int) -> SubmissionResult:
         start = time.perf_counter()
         result = SubmissionResult(student)
         if not self.sandbox.sandboxed:
@@ -400,6 +420,8 @@ class Grader:
         self._write_gradebook(res)
         self._write_feedback(res)
         _atomic_write(folder / "results.json", json.dumps(gradescope_results(res), indent=1))
+        if not res.final:
+            return
         graded_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         _atomic_write(folder / "grading.json", json.dumps(
             {"fingerprint": fingerprint, "graded_at": graded_at, "result": res.to_dict()}, indent=1))

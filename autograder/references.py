@@ -109,7 +109,7 @@ def max_deviation(got: list[np.ndarray], expected: list[np.ndarray]) -> float:
     for g, e in zip(got, expected, strict=True):
         if g.shape != e.shape:
             return float("inf")
-        if e.dtype == np.bool_ or e.dtype.kind in "iu":
+        if e.dtype == np.bool_ or e.dtype.kind in "iuUSb":
             worst = max(worst, float((g != e).sum()))  # exact checks: count of differing entries
         else:
             with np.errstate(invalid="ignore"):  # -inf - -inf
