@@ -23,6 +23,16 @@ REPO = Path(__file__).resolve().parents[3]
 
 # Code appended to each solution notebook; it prints one JSON line starting with RESULT.
 MEASURES = {
+    "02_bert": ("solutions/02_bert/bert.ipynb", """
+import json, torch
+inputs, truth, symbols, masked = held_out(2048, torch.Generator().manual_seed(2024))  # unseen
+blanks = inputs["input_ids"] == MASK_ID
+predicted = fill_masks(**inputs)
+accuracy = (predicted[blanks] == truth[blanks]).float().mean().item()
+bayes = hmm.bayes_masked_accuracy(symbols, masked)["accuracy"]
+print("RESULT" + json.dumps({"model": "tiny BERT (masked-token accuracy)", "value": accuracy,
+                              "bayes": bayes, "tokens": int(blanks.sum())}))
+"""),
     "03_gpt": ("solutions/03_gpt/gpt.ipynb", """
 import json, torch
 held_out = vocab.symbols_to_ids(hmm.sample(512, 32, seed=2024))  # (512, 32), unseen
