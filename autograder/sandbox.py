@@ -189,7 +189,7 @@ class Sandbox:
                 args += ["--symlink", os.readlink(top), top]
             elif os.path.isdir(top):
                 args += ["--ro-bind", top, top]
-        args += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+        args += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--dir", "/tmp/home"]
         python_home = Path(os.path.realpath(sys.base_prefix))
         args += ["--ro-bind", str(python_home), str(python_home)]
         if not Path(sys.prefix).resolve().is_relative_to(REPO):
