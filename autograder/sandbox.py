@@ -128,7 +128,7 @@ class Cgroup:
 
     def kill_and_remove(self) -> None:
         for folder in self.dirs:
-            for _ in range(50):
+            for _ in range(200):  # until the cgroup is empty (10 s at most)
                 try:
                     pids = [int(p) for p in (folder / "cgroup.procs").read_text().split()]
                 except OSError:
