@@ -24,6 +24,19 @@ def run_cli(*args: str, cwd: Path = REPO, timeout: int = 600) -> subprocess.Comp
     return proc
 
 
+def assert_no_process(pattern: str) -> None:
+    """Fail when a process whose command line matches ``pattern`` is still alive (SIGKILLed
+    processes get a few seconds to leave /proc)."""
+    import time
+
+    for _ in range(50):
+        leftovers = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout
+        if not leftovers.strip():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"a process outlived its grading: {pattern!r} (pids {leftovers.split()})")
+
+
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from autograder.sandbox import REPO, Limits, Sandbox
+from conftest import assert_no_process
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed")
 
@@ -69,13 +70,7 @@ time.sleep(300)
     result = run(code, tmp_path, wall_seconds=3)
     assert result.timed_out and time.perf_counter() - start < 20
     assert (tmp_path / "started").exists()
-    import subprocess
-    for _ in range(50):  # SIGKILLed processes may take a moment to disappear from /proc
-        leftovers = subprocess.run(["pgrep", "-f", "sleep 300"], capture_output=True, text=True).stdout
-        if not leftovers.strip():
-            break
-        time.sleep(0.2)
-    assert not leftovers.strip(), "a process outlived its grading"
+    assert_no_process("sleep 300")
 
 
 def test_process_cap(tmp_path):
