@@ -28,6 +28,7 @@ from genlab.scgpt import (
     gaussian_nll,
     generate_values,
     masked_mse,
+    most_confident,
     pretraining_batch,
     pretraining_batches,
     scgpt_losses,
@@ -493,6 +494,23 @@ def test_moved_genes_become_known_with_their_predicted_values():
     second = two.step == 1
     torch.testing.assert_close(two.values[second], rerun.values[second], rtol=0, atol=1e-12)
     assert not torch.allclose(two.values[second], one_shot.values[second])  # the context mattered
+
+
+def test_most_confident_moves_ceil_share_of_pending_and_breaks_ties_by_position():
+    confidence = torch.tensor([[0.5, 0.9, 0.9, 0.1, 0.9, 0.3],
+                               [2.0, -1.0, 0.0, 0.0, 0.0, 5.0]])
+    pending = torch.tensor([[True, True, True, True, False, True],
+                            [False, True, True, True, True, False]])
+    # row 0: 5 pending, 2 steps left -> 3 move: 0.9 (pos 1), 0.9 (pos 2), then 0.5 (pos 0);
+    # the known gene at position 4 never moves, however confident
+    # row 1: 4 pending -> 2 move: the tied 0.0s at positions 2 and 3 (earlier first), not 4
+    expected = torch.tensor([[True, True, True, False, False, False],
+                             [False, False, True, True, False, False]])
+    assert torch.equal(most_confident(confidence, pending, steps_left=2), expected)
+    assert torch.equal(most_confident(confidence, pending, steps_left=1), pending)
+    assert torch.equal(most_confident(confidence, pending, steps_left=9).sum(dim=1), torch.tensor([1, 1]))
+    with pytest.raises(ValueError, match="steps_left"):
+        most_confident(confidence, pending, steps_left=0)
 
 
 def test_generation_with_padding_and_cell_prompt():

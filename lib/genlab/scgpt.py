@@ -105,6 +105,7 @@ __all__ = [
     "scgpt_losses",
     "scgpt_loss",
     "Generation",
+    "most_confident",
     "generate_values",
 ]
 
@@ -1106,6 +1107,25 @@ class Generation:
     step: torch.Tensor  # long: the step (0..K-1) that moved each unknown gene; -1 for known / padding
 
 
+def most_confident(confidence: torch.Tensor, pending: torch.Tensor, steps_left: int) -> torch.Tensor:
+    """Which still-unknown genes one generation step moves into the known set: bool (B, L).
+
+    confidence, pending: (B, L); only positions where ``pending`` is True
+    compete.  With r pending genes in a cell and ``steps_left`` steps to go
+    (this one included), the ``ceil(r / steps_left)`` most confident move, so
+    the last step (``steps_left=1``) moves all that are left.  Ties go to the
+    earlier position (a stable sort), so the choice is deterministic.
+    """
+    if steps_left < 1:
+        raise ValueError(f"steps_left must be >= 1, got {steps_left}")
+    pending = pending.to(torch.bool)
+    remaining = pending.sum(dim=1)  # (B,)
+    n_move = (remaining + steps_left - 1) // steps_left  # (B,) ceil(r / steps left)
+    ranked = confidence.masked_fill(~pending, float("-inf"))  # (B, L)
+    rank = ranked.argsort(dim=1, descending=True, stable=True).argsort(dim=1)  # (B, L)
+    return pending & (rank < n_move[:, None])
+
+
 @torch.no_grad()
 def generate_values(model: ScGPT, gene_ids: torch.Tensor, values: torch.Tensor,
                     is_unknown: torch.Tensor, steps: int = 1, is_real: torch.Tensor | None = None,
@@ -1146,12 +1166,7 @@ def generate_values(model: ScGPT, gene_ids: torch.Tensor, values: torch.Tensor,
         predicted = _unpack(out.value, unknown_index, unknown_real, L)  # (B, L)
         step_confidence = _unpack(out.confidence, unknown_index, unknown_real, L)  # (B, L)
 
-        remaining = pending.sum(dim=1)  # (B,)
-        n_move = (remaining + (steps - step) - 1) // (steps - step)  # ceil(r / steps left)
-        ranked = step_confidence.masked_fill(~pending, float("-inf"))
-        rank = ranked.argsort(dim=1, descending=True, stable=True).argsort(dim=1)  # (B, L)
-        move = pending & (rank < n_move[:, None])
-
+        move = most_confident(step_confidence, pending, steps_left=steps - step)  # (B, L)
         values = torch.where(move, predicted, values)
         confidence = torch.where(move, step_confidence, confidence)
         moved_at = moved_at.masked_fill(move, step)
