@@ -31,6 +31,12 @@ markdown tables.  The numbers are whatever the run measured; nothing is tuned
 on the held-out cells.  To compare settings, run ``prepare``, ``train_model``
 and ``evaluate(model, prepared, prepared.fit_cells, prepared.val_cells, ...)``:
 the same evaluation on the validation cells.
+
+The pieces are public for the lecture (``course/04_scgpt_single_cells.ipynb``),
+which trains through ``genlab.checkpoints.load_or_train`` and draws each step:
+``build_model`` + ``fit`` (= ``train_model``), and ``impute``,
+``cell_prompt_generation`` and ``embedding_accuracy`` (= ``evaluate``, which
+summarises their per-cell and per-type results), ``umap_coordinates``.
 """
 
 from __future__ import annotations
@@ -61,7 +67,7 @@ from genlab.scgpt import (
     split_known_unknown,
     tokenize_adata,
 )
-from genlab.train import TrainConfig, train
+from genlab.train import History, TrainConfig, train
 
 LABEL_KEY = "bulk_labels"
 QUICK_ENV = "GENLAB_QUICK"
@@ -241,12 +247,28 @@ def prepare(settings: Settings, seed: int) -> Prepared:
                     tokens.binned.astype(np.float64), fit_cells, val_cells, test_cells, n_dropped)
 
 
-def train_model(prepared: Prepared, settings: Settings, seed: int, progress: bool = True):
-    """Pretrain a fresh ScGPT on the fit cells; returns (model, history, seconds)."""
+def build_model(prepared: Prepared, settings: Settings, seed: int) -> ScGPT:
+    """A fresh (untrained) ScGPT for ``prepared``'s genes, initialised from ``seed``."""
     config = ScGPTConfig(vocab_size=len(prepared.vocab), d_model=settings.d_model,
                          n_heads=settings.n_heads, n_layers=settings.n_layers, d_ff=settings.d_ff,
                          seed=seed)
-    model = ScGPT(config, prepared.vocab)
+    return ScGPT(config, prepared.vocab)
+
+
+def train_config(settings: Settings, seed: int, device: str = "cpu") -> TrainConfig:
+    """The ``genlab.train`` settings of the pretraining run."""
+    return TrainConfig(steps=settings.steps, lr=settings.lr, warmup_steps=settings.warmup_steps,
+                       min_lr_ratio=0.1, weight_decay=0.01, grad_clip=1.0,
+                       eval_every=settings.eval_every, seed=seed, device=str(device))
+
+
+def fit(model: ScGPT, prepared: Prepared, settings: Settings, seed: int, device: str = "cpu",
+        progress: bool = True) -> History:
+    """Pretrain ``model`` in place on the fit cells (moved to ``device``); returns its History.
+
+    Every ``eval_every`` steps the GEP and GEPC losses are measured on the
+    validation cells, with a fixed seeded half of each cell's genes unknown.
+    """
     tokens = prepared.tokens
     validation = split_known_unknown(*(t[torch.as_tensor(prepared.val_cells)] for t in
                                        (tokens.gene_ids, tokens.values, tokens.is_real)),
@@ -256,12 +278,17 @@ def train_model(prepared: Prepared, settings: Settings, seed: int, progress: boo
         losses = scgpt_losses(model, PretrainBatch(validation, None, 0.5))
         return {"val_gep_loss": float(losses.gep), "val_gepc_loss": float(losses.gepc)}
 
-    train_config = TrainConfig(steps=settings.steps, lr=settings.lr, warmup_steps=settings.warmup_steps,
-                               min_lr_ratio=0.1, weight_decay=0.01, grad_clip=1.0,
-                               eval_every=settings.eval_every, seed=seed, device="cpu")
+    return train(model, pretraining_batches(tokens.subset(prepared.fit_cells), settings.batch_size),
+                 scgpt_loss, train_config(settings, seed, device), eval_fn=validation_losses,
+                 progress=progress)
+
+
+def train_model(prepared: Prepared, settings: Settings, seed: int, progress: bool = True,
+                device: str = "cpu"):
+    """Pretrain a fresh ScGPT on the fit cells; returns (model in eval mode, history, seconds)."""
+    model = build_model(prepared, settings, seed)
     started = time.perf_counter()
-    history = train(model, pretraining_batches(tokens.subset(prepared.fit_cells), settings.batch_size),
-                    scgpt_loss, train_config, eval_fn=validation_losses, progress=progress)
+    history = fit(model, prepared, settings, seed, device, progress)
     seconds = time.perf_counter() - started
     model.eval()
     return model, history, seconds
@@ -278,56 +305,104 @@ def choose_knn_k(prepared: Prepared, settings: Settings, seed: int) -> tuple[int
     return max(settings.knn_choices, key=lambda k: scores[k]), scores
 
 
-def evaluate(model: ScGPT, prepared: Prepared, reference_cells: np.ndarray, eval_cells: np.ndarray,
-             settings: Settings, seed: int, knn_k: int) -> dict:
-    """(a) imputation, (b) cell-prompt generation, (c) embedding accuracy on ``eval_cells``;
-    baselines and prompts come from ``reference_cells``.  Writes X_scgpt of every cell."""
-    binned, labels, genes = prepared.binned, prepared.labels, prepared.genes
+@dataclass
+class Imputation:
+    """Gene-prompt imputation of ``eval_cells``: what was hidden, each method's answer, its scores."""
 
-    # (a) gene prompt: hide half of each evaluated cell's genes and generate them
+    cells: np.ndarray  # the evaluated cells (row indices)
+    hidden: np.ndarray  # (cells, genes) bool: the genes each cell had to impute
+    truth: np.ndarray  # (cells, genes) bins
+    predictions: dict[str, np.ndarray]  # method -> (cells, genes); known genes keep their bins
+    scores: dict[str, np.ndarray]  # method -> (cells,) Pearson r over the hidden genes
+    generations: dict[int, anndata.AnnData]  # K -> ``generate_from_gene_prompt``'s output
+
+
+def impute(model: ScGPT, prepared: Prepared, reference_cells: np.ndarray, eval_cells: np.ndarray,
+           settings: Settings, seed: int, knn_k: int) -> Imputation:
+    """(a) Gene prompt: hide a seeded random ``hidden_fraction`` of each evaluated cell's genes
+    and generate them in K steps for every K of ``settings.generation_steps``; beside two
+    baselines fitted on ``reference_cells``: each gene's mean, and kNN on the known genes."""
+    binned, genes = prepared.binned, prepared.genes
     truth = binned[eval_cells]
     hidden = hide_genes(len(eval_cells), len(genes), settings.hidden_fraction,
                         np.random.default_rng([seed, 1]))
     eval_data = prepared.data[eval_cells].copy()
-    imputation = {}
+    predictions, generations = {}, {}
     for K in settings.generation_steps:
-        generated = model.generate_from_gene_prompt(eval_data, hidden, steps=K)
-        imputation[f"scGPT K={K}"] = summary(pearson_per_cell(generated.X, truth, hidden))
-    gene_mean = np.broadcast_to(binned[reference_cells].mean(axis=0), truth.shape)
-    imputation["gene mean (training cells)"] = summary(pearson_per_cell(gene_mean, truth, hidden))
-    knn = knn_impute(binned[reference_cells], truth, hidden, knn_k)
-    imputation[f"kNN on known genes (k={knn_k}, chosen on validation)"] = summary(
-        pearson_per_cell(knn, truth, hidden))
+        generations[K] = model.generate_from_gene_prompt(eval_data, hidden, steps=K)
+        predictions[f"scGPT K={K}"] = generations[K].X
+    predictions["gene mean (training cells)"] = np.broadcast_to(
+        binned[reference_cells].mean(axis=0), truth.shape)
+    predictions[f"kNN on known genes (k={knn_k}, chosen on validation)"] = knn_impute(
+        binned[reference_cells], truth, hidden, knn_k)
+    scores = {method: pearson_per_cell(prediction, truth, hidden)
+              for method, prediction in predictions.items()}
+    return Imputation(np.asarray(eval_cells), hidden, truth, predictions, scores, generations)
 
-    # (c) embeddings, needed by (b) too
-    embeddings = model.embed(prepared.data)  # (cells, d_model); also data.obsm["X_scgpt"]
 
-    # (b) cell prompt: a type's mean reference embedding in the <cls> slot
+@dataclass
+class CellPrompts:
+    """Cell-prompt generation: one generated profile per cell type, correlated with the true ones."""
+
+    types: list[str]
+    prompts: np.ndarray  # (types, d_model): each type's mean reference-cell embedding
+    true_profiles: np.ndarray  # (types, genes): each type's mean binned profile over the evaluated cells
+    generated: dict[int, np.ndarray]  # K -> (types, genes) generated profiles
+    correlations: dict[str, np.ndarray]  # method -> (types, types): r[generated a, true b]
+
+
+def cell_prompt_generation(model: ScGPT, prepared: Prepared, embeddings: np.ndarray,
+                           reference_cells: np.ndarray, eval_cells: np.ndarray,
+                           settings: Settings) -> CellPrompts:
+    """(b) Cell prompt: each type's mean reference embedding in the <cls> slot, a whole profile
+    generated from it in K steps; reference row: the reference cells' own mean profile."""
+    binned, labels, genes = prepared.binned, prepared.labels, prepared.genes
     types = sorted(set(labels[eval_cells]))
 
     def type_means(values, cells):
         return np.stack([values[cells][labels[cells] == t].mean(axis=0) for t in types])
 
     prompts, true_profiles = type_means(embeddings, reference_cells), type_means(binned, eval_cells)
-    cell_prompt = {}
+    generated, correlations = {}, {}
     for K in settings.generation_steps:
-        generated = model.generate_from_cell_prompt(prompts, genes, steps=K, obs=pd.DataFrame(index=types))
-        cell_prompt[f"scGPT K={K}"] = type_match(correlation_matrix(generated.X, true_profiles), types)
-    cell_prompt["reference: training mean profile of the type"] = type_match(
-        correlation_matrix(type_means(binned, reference_cells), true_profiles), types)
+        generated[K] = model.generate_from_cell_prompt(prompts, genes, steps=K,
+                                                       obs=pd.DataFrame(index=types)).X
+        correlations[f"scGPT K={K}"] = correlation_matrix(generated[K], true_profiles)
+    correlations["reference: training mean profile of the type"] = correlation_matrix(
+        type_means(binned, reference_cells), true_profiles)
+    return CellPrompts(types, prompts, true_profiles, generated, correlations)
 
+
+def embedding_accuracy(prepared: Prepared, embeddings: np.ndarray, reference_cells: np.ndarray,
+                       eval_cells: np.ndarray, seed: int) -> dict[str, float]:
+    """(c) 10-NN cell-type accuracy from reference to evaluated cells: the scGPT embedding
+    beside 32 PCA components of the binned values (PCA fitted on the reference cells)."""
     from sklearn.decomposition import PCA
 
-    pca = PCA(n_components=min(32, len(genes) - 1), random_state=seed).fit(binned[reference_cells])
+    binned, labels = prepared.binned, prepared.labels
+    pca = PCA(n_components=min(32, binned.shape[1] - 1), random_state=seed).fit(binned[reference_cells])
     pcs = pca.transform(binned)
-    embedding_accuracy = {
+    return {
         name: knn_label_accuracy(x[reference_cells], labels[reference_cells],
                                  x[eval_cells], labels[eval_cells])
         for name, x in (("scGPT cell embedding", embeddings),
                         (f"PCA ({pca.n_components_} components of the binned values)", pcs))
     }
-    return {"gene_prompt_imputation_pearson": imputation, "cell_prompt_generation": cell_prompt,
-            "cell_type_knn_accuracy": embedding_accuracy}
+
+
+def evaluate(model: ScGPT, prepared: Prepared, reference_cells: np.ndarray, eval_cells: np.ndarray,
+             settings: Settings, seed: int, knn_k: int) -> dict:
+    """(a) imputation, (b) cell-prompt generation, (c) embedding accuracy on ``eval_cells``;
+    baselines and prompts come from ``reference_cells``.  Writes X_scgpt of every cell."""
+    imputation = impute(model, prepared, reference_cells, eval_cells, settings, seed, knn_k)
+    embeddings = model.embed(prepared.data)  # (cells, d_model); also data.obsm["X_scgpt"]
+    prompts = cell_prompt_generation(model, prepared, embeddings, reference_cells, eval_cells, settings)
+    return {"gene_prompt_imputation_pearson": {method: summary(scores) for method, scores
+                                               in imputation.scores.items()},
+            "cell_prompt_generation": {method: type_match(r, prompts.types) for method, r
+                                       in prompts.correlations.items()},
+            "cell_type_knn_accuracy": embedding_accuracy(prepared, embeddings, reference_cells,
+                                                         eval_cells, seed)}
 
 
 def run(out: Path, quick: bool = False, seed: int = 0, progress: bool = True) -> dict:
@@ -365,6 +440,18 @@ def run(out: Path, quick: bool = False, seed: int = 0, progress: bool = True) ->
     return results
 
 
+def umap_coordinates(data: anndata.AnnData, seed: int, use_rep: str = EMBEDDING_KEY) -> np.ndarray:
+    """A 2-D UMAP of ``data.obsm[use_rep]`` (15-NN graph, scanpy's defaults), seeded;
+    also stored in ``data.obsm["X_umap"]``.  Returns the (cells, 2) coordinates."""
+    import scanpy as sc
+
+    threads = torch.get_num_threads()
+    sc.pp.neighbors(data, use_rep=use_rep, random_state=seed, transformer="sklearn")
+    sc.tl.umap(data, random_state=seed)
+    torch.set_num_threads(threads)  # numba's OpenMP layer may reset it
+    return data.obsm["X_umap"]
+
+
 def save_umap(data: anndata.AnnData, path: Path, seed: int) -> None:
     import matplotlib
 
@@ -372,8 +459,7 @@ def save_umap(data: anndata.AnnData, path: Path, seed: int) -> None:
     import matplotlib.pyplot as plt
     import scanpy as sc
 
-    sc.pp.neighbors(data, use_rep=EMBEDDING_KEY, random_state=seed, transformer="sklearn")
-    sc.tl.umap(data, random_state=seed)
+    umap_coordinates(data, seed)
     fig = sc.pl.umap(data, color=LABEL_KEY, show=False, return_fig=True,
                      title="scGPT cell embeddings (pbmc68k_reduced)")
     fig.savefig(path, dpi=120, bbox_inches="tight")
