@@ -16,6 +16,7 @@ import scipy.sparse as sp
 import torch
 
 from genlab.masks import known_unknown_mask
+from genlab import scgpt as scgpt_module
 from genlab.scgpt import (
     CELL_PROMPT_KNOWN_FRACTIONS,
     EMBEDDING_KEY,
@@ -27,12 +28,14 @@ from genlab.scgpt import (
     bin_expression,
     gaussian_nll,
     generate_values,
+    known_unknown_attention,
     masked_mse,
     most_confident,
     pretraining_batch,
     pretraining_batches,
     scgpt_losses,
     select_highly_variable_genes,
+    self_slot_mask,
     split_known_unknown,
     tokenize_adata,
 )
@@ -344,6 +347,33 @@ def test_single_sequence_equals_two_stream_float32(device):
     # the heads scale to bins (x 50): compare relative to that scale
     for field in ("value", "cell_value"):
         torch.testing.assert_close(getattr(two, field) / 50, getattr(single, field) / 50, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("padded", [True, False])
+@pytest.mark.parametrize("P, G", [(5, 4), (0, 3), (4, 0)])
+@pytest.mark.parametrize("aligned", [False, True])
+def test_self_slot_attention_equals_the_mask(monkeypatch, padded, P, G, aligned):
+    """known_unknown_attention (the "torch" backend's K+1 keys) = attention under the (T, T) mask,
+    outputs and gradients; ``aligned`` pads the channels to a multiple of 8 as on a GPU."""
+    if aligned:
+        monkeypatch.setattr(scgpt_module, "_extended_width", lambda d, device: 8 * (d // 8 + 1))
+    model = float64_model()
+    layer = model.layers[0]
+    _, _, _, kr, ur = random_inputs(P=P, G=G, padded=padded)
+    x = torch.randn(3, 1 + P + G, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    outputs = []
+    for fused in (False, True):
+        h = x.clone().requires_grad_()
+        if fused:
+            out = known_unknown_attention(layer.attn, h, 1 + P, self_slot_mask(kr, ur))
+        else:
+            out = layer.attn(h, attn_mask=model.attention_mask(kr, ur), backend="scratch")
+        out.square().sum().backward()
+        outputs.append((out, h.grad))
+    (mask_out, mask_grad), (slot_out, slot_grad) = outputs
+    torch.testing.assert_close(slot_out, mask_out, rtol=0, atol=1e-12)
+    torch.testing.assert_close(slot_grad, mask_grad, rtol=0, atol=1e-12)
+    assert self_slot_mask(kr, ur).shape == ((3, 1, 1 + P + G, 2 + P) if padded else (1 + P + G, 2 + P))
 
 
 def test_two_stream_owns_no_parameters():

@@ -19,6 +19,10 @@ boolean mask, ``genlab.masks.known_unknown_mask``, on the single sequence
 
 So an unknown gene's prediction depends on the known genes and itself only:
 it is the same whether it is generated alone or beside a thousand others.
+``attention_backend="scratch"`` applies this mask as it stands; the default
+``"torch"`` backend computes the same attention in one fused call over K+1
+keys instead of T (``known_unknown_attention``: an unknown gene's key is seen
+by that gene alone, so the unknown keys fold into one "self slot").
 Upstream scGPT computes this with two streams and a flash-attn layer;
 ``TwoStreamScGPT`` rebuilds that structure from the same weights, and the
 tests check that it equals the single-sequence model here.
@@ -87,6 +91,8 @@ __all__ = [
     "ValueEncoder",
     "FeedForward",
     "TransformerLayer",
+    "self_slot_mask",
+    "known_unknown_attention",
     "ExpressionHead",
     "ConfidenceHead",
     "CellExpressionHead",
@@ -474,9 +480,82 @@ class TransformerLayer(nn.Module):
         self.norm_ff = nn.LayerNorm(d_model, eps=eps)
         self.ff = FeedForward(d_model, d_ff)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm_attn(x), attn_mask=attn_mask)  # (B, T, C)
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, n_known: int | None = None) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C).  ``attn_mask``: (..., T, T), True = may attend; or, with
+        ``n_known`` = K, the (..., T, K+1) mask of ``known_unknown_attention``."""
+        h = self.norm_attn(x)
+        if n_known is None:
+            x = x + self.attn(h, attn_mask=attn_mask)  # (B, T, C)
+        else:
+            x = x + known_unknown_attention(self.attn, h, n_known, attn_mask)  # (B, T, C)
         return x + self.ff(self.norm_ff(x))  # (B, T, C)
+
+
+def self_slot_mask(known_is_real: torch.Tensor, unknown_is_real: torch.Tensor) -> torch.Tensor:
+    """The mask of ``known_unknown_attention``: bool (T, K+1), or (B, 1, T, K+1) with padding.
+
+    K = 1 + P.  Rows are the queries [<cls>, known; unknown] (T = K + G), columns
+    the keys [<cls>, known genes, self slot]: every query sees the real known
+    keys; the self slot is open to real unknown genes only.  This is
+    ``known_unknown_mask`` AND padding with the unknown keys' columns folded
+    into the one self-slot column.
+    """
+    B, P = known_is_real.shape
+    K, G = 1 + P, unknown_is_real.size(1)
+    device = known_is_real.device
+    if bool(known_is_real.all()) and bool(unknown_is_real.all()):  # no padding: one (T, K+1) for all cells
+        mask = torch.ones(K + G, K + 1, dtype=torch.bool, device=device)
+        mask[:K, K] = False
+        return mask
+    cls_is_real = torch.ones(B, 1, dtype=torch.bool, device=device)
+    keys = torch.cat([cls_is_real, known_is_real], dim=1)[:, None, None, :].expand(B, 1, K + G, K)
+    slot = torch.cat([torch.zeros(B, K, dtype=torch.bool, device=device), unknown_is_real], dim=1)
+    return torch.cat([keys, slot[:, None, :, None]], dim=-1)  # (B, 1, T, K+1)
+
+
+def _extended_width(head_dim: int, device: torch.device) -> int:
+    """Channels of the self-slot attention: one more than a head's; on a GPU rounded up to a
+    multiple of 8 (zeros) so that torch's fused kernels accept it."""
+    return head_dim + 1 if device.type == "cpu" else 8 * (head_dim // 8 + 1)
+
+
+def known_unknown_attention(attn: MultiHeadAttention, x: torch.Tensor, n_known: int,
+                            allowed: torch.Tensor) -> torch.Tensor:
+    """``attn(x, attn_mask=known_unknown_mask + padding)`` with K+1 keys instead of T.
+
+    x (B, T, C) is [<cls>, known; unknown] with K = ``n_known`` tokens before the
+    unknown genes; ``allowed`` is ``self_slot_mask``.  Under the known/unknown
+    mask an unknown gene's key is seen by that gene alone, so the (T, T) scores
+    hold only T * K + G useful entries.  Here the keys are the K known ones plus
+    one *self slot*, and one fused attention call computes everything:
+
+    - each query gets one extra channel holding its own score q_i . k_i; the
+      self slot's key is 1 in that channel and 0 elsewhere (and the known keys
+      are 0 there), so query i scores the slot exactly q_i . k_i / sqrt(Dh);
+    - the slot's value is 1 in that extra channel and 0 elsewhere, so the
+      output's extra channel is the softmax weight w_i of the slot, and the
+      head output is out_i + w_i v_i.
+
+    Same softmax, same keys, same values as the (T, T) mask: equal up to
+    floating-point rounding (the tests check it against the mask and against
+    ``TwoStreamScGPT``).  Every query sees <cls>, so no row is fully masked.
+    """
+    q, k, v = (split_heads(proj(x), attn.n_heads)  # (B, H, T, Dh) each
+               for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+    B, H, T, Dh = q.shape
+    K = n_known
+    width = _extended_width(Dh, q.device)
+    own = (q * k).sum(dim=-1, keepdim=True)  # (B, H, T, 1) q_i . k_i
+    q_ext = torch.cat([q, own, q.new_zeros(B, H, T, width - Dh - 1)], dim=-1)  # (B, H, T, width)
+    slot = q.new_zeros(B, H, 1, width)
+    slot[..., Dh] = 1.0  # the self slot's key and value
+    k_ext = torch.cat([F.pad(k[:, :, :K], (0, width - Dh)), slot], dim=2)  # (B, H, K+1, width)
+    v_ext = torch.cat([F.pad(v[:, :, :K], (0, width - Dh)), slot], dim=2)  # (B, H, K+1, width)
+    dropout_p = attn.dropout if attn.training else 0.0
+    out = F.scaled_dot_product_attention(q_ext, k_ext, v_ext, attn_mask=allowed, dropout_p=dropout_p,
+                                         scale=1.0 / math.sqrt(Dh))  # (B, H, T, width)
+    heads = out[..., :Dh] + out[..., Dh:Dh + 1] * v  # (B, H, T, Dh): + w_i v_i
+    return attn.o_proj(merge_heads(heads))  # (B, T, C)
 
 
 class ExpressionHead(nn.Module):
@@ -554,7 +633,7 @@ class ScGPTConfig:
     layer_norm_eps: float = 1e-5
     pad_id: int = GeneVocab.pad_id
     cls_id: int = GeneVocab.cls_id
-    attention_backend: str = "torch"  # "scratch" (genlab's own) or "torch" (fused SDPA)
+    attention_backend: str = "torch"  # "scratch" (genlab's own, the (T, T) mask) or "torch" (fused SDPA, self slot)
     seed: int = 0  # parameter initialisation
 
     def __post_init__(self):
@@ -701,9 +780,12 @@ class ScGPT(nn.Module):
         cls, known, unknown = self.embed_tokens(known_genes, known_values, unknown_genes, cell_prompt)
         P = known.size(1)
         x = torch.cat([cls, known, unknown], dim=1)  # (B, 1+P+G, C)
-        mask = self.attention_mask(known_is_real, unknown_is_real)  # (B, 1, T, T)
+        if self.config.attention_backend == "scratch":  # the mask itself, written out
+            mask, n_known = self.attention_mask(known_is_real, unknown_is_real), None  # (B, 1, T, T)
+        else:  # the same attention with 1+P+1 keys, fused (``known_unknown_attention``)
+            mask, n_known = self_slot_mask(known_is_real, unknown_is_real), 1 + P  # (..., T, 2+P)
         for layer in self.layers:
-            x = layer(x, mask)  # (B, T, C)
+            x = layer(x, mask, n_known)  # (B, T, C)
         x = self.final_norm(x)
         return self.heads(x[:, 0], x[:, 1 + P:], unknown_genes, hidden=x)
 
@@ -830,9 +912,10 @@ class TwoStreamScGPT(nn.Module):
       its own key] and nothing else.
 
     Per query this is exactly what ``known_unknown_mask`` allows, so the
-    outputs equal ``ScGPT.forward``'s up to floating-point rounding.  The cost
-    is O((1+P)^2 + G (1+P)) scores instead of O((1+P+G)^2): the peer of the
-    single-sequence model in benchmarks.  Written from scratch on top of the
+    outputs equal ``ScGPT.forward``'s up to floating-point rounding.  It scores
+    (1+P)^2 + G (1+P) pairs instead of the mask's (1+P+G)^2 (the ``"torch"``
+    backend's self slot scores (1+P+G)(2+P)): the peer of the single-sequence
+    model in ``bench/scgpt_step.py``.  Written from scratch on top of the
     wrapped model's parameters; it owns none.
     """
 
