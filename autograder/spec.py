@@ -77,6 +77,19 @@ class Assignment:
         return cells
 
 
+def check_maker(per_function: dict[str, dict]) -> Callable[..., Check]:
+    """A spec's ``check(name, function, public, cases, description, points=1, **overrides)``:
+    every check of one student function shares ``per_function[function]`` (its test cell,
+    reference, comparison, forbidden calls and known bugs); ``overrides`` change one check."""
+
+    def check(name: str, function: str, public: bool, cases: list[CaseSpec], description: str,
+              points: int = 1, **overrides) -> Check:
+        return Check(name=name, function=function, points=points, public=public, cases=cases,
+                     description=description, **{**per_function[function], **overrides})
+
+    return check
+
+
 SPEC_MODULES = {
     "01_attention": "autograder.specs.a01_attention",
     "02_bert": "autograder.specs.a02_bert",

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from autograder.spec import Assignment, CaseSpec, Check
+from autograder.spec import Assignment, CaseSpec, check_maker
 from genlab.attention import scaled_dot_product_attention, split_heads
 
 ATTENTION_CALLS = (
@@ -188,10 +188,7 @@ PER_FUNCTION = {
 }
 
 
-def check(name: str, function: str, public: bool, cases: list[CaseSpec], description: str,
-          points: int = 1, **overrides) -> Check:
-    return Check(name=name, function=function, points=points, public=public, cases=cases,
-                 description=description, **{**PER_FUNCTION[function], **overrides})
+check = check_maker(PER_FUNCTION)
 
 
 SDPA = "scaled_dot_product_attention"

@@ -23,7 +23,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from autograder.spec import Assignment, CaseSpec, Check
+from autograder.spec import Assignment, CaseSpec, check_maker
 from genlab import encoder
 from genlab.data import CLS_ID, MASK_ID, PAD_ID, SEP_ID, UNK_ID, HMMLanguage
 
@@ -393,10 +393,7 @@ PER_FUNCTION = {
 }
 
 
-def check(name: str, function: str, public: bool, cases: list[CaseSpec], description: str,
-          points: int = 1, **overrides) -> Check:
-    return Check(name=name, function=function, points=points, public=public, cases=cases,
-                 description=description, **{**PER_FUNCTION[function], **overrides})
+check = check_maker(PER_FUNCTION)
 
 
 def accuracy_params(name: str) -> dict:

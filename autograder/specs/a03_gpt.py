@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 import genlab.properties.gpt  # noqa: F401  (registers the test models "genlab:gpt03_*")
-from autograder.spec import Assignment, CaseSpec, Check
+from autograder.spec import Assignment, CaseSpec, Check, check_maker
 from genlab.data import HMMLanguage, Vocab
 from genlab.decoder import GPT, GPTConfig, filter_logits
 from genlab.decoder import CausalSelfAttention as _GenlabAttention
@@ -414,10 +414,7 @@ PER_FUNCTION = {
 }
 
 
-def check(name: str, function: str, public: bool, cases: list[CaseSpec], description: str,
-          points: int = 1, **overrides) -> Check:
-    return Check(name=name, function=function, points=points, public=public, cases=cases,
-                 description=description, **{**PER_FUNCTION[function], **overrides})
+check = check_maker(PER_FUNCTION)
 
 
 def heldout_check(name: str, public: bool, seed: int, n: int, rows: int, t: int, points: int) -> Check:

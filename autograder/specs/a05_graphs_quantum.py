@@ -22,7 +22,7 @@ import math
 import torch
 import torch.nn as nn
 
-from autograder.spec import Assignment, CaseSpec, Check
+from autograder.spec import Assignment, CaseSpec, check_maker
 from genlab import graphs, quantum
 from genlab.properties.graphs_quantum import encode_labels
 
@@ -358,10 +358,7 @@ PER_FUNCTION = {
 }
 
 
-def check(name: str, function: str, public: bool, cases: list[CaseSpec], description: str,
-          points: int = 1, **overrides) -> Check:
-    return Check(name=name, function=function, points=points, public=public, cases=cases,
-                 description=description, **{**PER_FUNCTION[function], **overrides})
+check = check_maker(PER_FUNCTION)
 
 
 SPEC = Assignment(
