@@ -290,6 +290,11 @@ def _index(idx) -> str:
     return "[" + ", ".join(str(int(i)) for i in idx) + "]"
 
 
+# Boolean outputs that are attention masks (True = may attend), explained in those words;
+# any other boolean output is reported by its first differing entry.
+ATTENTION_MASK_OUTPUTS = ("mask", "dependence")
+
+
 def _mask_difference(got: np.ndarray, expected: np.ndarray) -> str:
     """Say, in the words of attention, where a boolean mask goes wrong."""
     if np.array_equal(got, ~expected):
@@ -318,10 +323,15 @@ def compare_array(got: np.ndarray, expected: np.ndarray, tol: Rule, name: str) -
     if got.shape != expected.shape:
         return f"`{name}` has shape {tuple(got.shape)}, expected {tuple(expected.shape)}"
     if expected.dtype == np.bool_:
+        attention_words = name in ATTENTION_MASK_OUTPUTS
         if got.dtype != np.bool_:
-            return f"`{name}` has dtype {got.dtype}, expected torch.bool (True = may attend)"
+            return (f"`{name}` has dtype {got.dtype}, expected torch.bool"
+                    + (" (True = may attend)" if attention_words else ""))
         if not np.array_equal(got, expected):
-            return _mask_difference(got, expected)
+            if attention_words:
+                return _mask_difference(got, expected)
+            idx = tuple(np.argwhere(got != expected)[0])
+            return f"`{name}` differs at {_index(idx)}: got {got[idx]}, expected {expected[idx]}"
         return None
     if got.dtype.kind != expected.dtype.kind or (
             expected.dtype.kind == "f" and got.dtype != expected.dtype):
