@@ -70,6 +70,8 @@ class SubmissionResult:
     executed: Path | None = None
     seconds: float = 0.0
     final: bool = True  # False: a grader error; the next run grades it again
+    # written answers graded by hand (grade_id -> whether the student wrote anything)
+    answered: dict[str, bool] = field(default_factory=dict)
 
     @property
     def score(self) -> float:
@@ -77,12 +79,12 @@ class SubmissionResult:
 
     def to_dict(self) -> dict:
         return {"student": self.student, "checks": [asdict(c) for c in self.checks],
-                "notes": self.notes, "seconds": round(self.seconds, 3)}
+                "notes": self.notes, "seconds": round(self.seconds, 3), "answered": self.answered}
 
     @classmethod
     def from_dict(cls, data: dict) -> "SubmissionResult":
         return cls(data["student"], [CheckResult(**c) for c in data["checks"]],
-                   list(data["notes"]), seconds=data["seconds"])
+                   list(data["notes"]), seconds=data["seconds"], answered=dict(data.get("answered", {})))
 
 
 # --------------------------------------------------------------------------- sanitize
@@ -176,6 +178,7 @@ class Grader:
         self.sandbox = sandbox or Sandbox()
         self.references = references / assignment
         self.manifest = refs.load_manifest(assignment, references)
+        self.manual: dict[str, tuple[float, str]] = {}  # written answers, from the release (prepare)
         self.cases = {name: [Case.load(self.references / e["file"]) for e in check["cases"]]
                       for name, check in self.manifest["checks"].items()}
 
@@ -184,7 +187,9 @@ class Grader:
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / ".work").mkdir(exist_ok=True)
         # nbgrader's sanitizing needs the assignment's cells in the gradebook
-        generate_release(self.assignment, release_root=self.out / ".release", db_url=self.db_url)
+        release = generate_release(self.assignment, release_root=self.out / ".release", db_url=self.db_url)
+        self.manual = manual_answers(nbformat.read(release / self.spec.notebook, as_version=4),
+                                     {c["cell"] for c in self.manifest["checks"].values()})
         public = self.out / ".public" / self.assignment
         shutil.rmtree(public, ignore_errors=True)
         (public / "public").mkdir(parents=True)
@@ -234,11 +239,24 @@ class Grader:
                 nb = None
         outputs = None
         if nb is not None:
+            self._note_answers(nb, result)
             outputs, executed = self._execute(student, nb, result, slot)
             result.executed = executed
         self._score(nb, outputs, result)
         result.seconds = time.perf_counter() - start
         return result
+
+    def _note_answers(self, nb, result: SubmissionResult) -> None:
+        """Written answers are graded by hand: say which wait for the instructor and which
+        were left as released (those score 0 in the gradebook, as nbgrader does)."""
+        sources = {cell.metadata.get("nbgrader", {}).get("grade_id"): cell.source for cell in nb.cells}
+        for grade_id, (points, released) in self.manual.items():
+            answered = sources.get(grade_id, released).strip() != released.strip()
+            result.answered[grade_id] = answered
+            result.notes.append(
+                f"written answer `{grade_id}` ({_num(points)} points): "
+                + ("graded by hand in nbgrader's formgrader (not included in this score)" if answered
+                   else "left as released (no answer written): 0 points"))
 
     def _execute(self, student: str, nb, result: SubmissionResult, slot: int) -> tuple[Path, Path]:
         work = self.out / ".work" / student
@@ -486,6 +504,10 @@ class Grader:
                 grade = gb.find_grade(cell, self.notebook_id, self.assignment, res.student)
                 grade.auto_score = score
                 grade.needs_manual_grade = False
+            for cell, answered in res.answered.items():
+                grade = gb.find_grade(cell, self.notebook_id, self.assignment, res.student)
+                grade.auto_score = None if answered else 0
+                grade.needs_manual_grade = answered
             gb.db.commit()
 
     def _write_feedback(self, res: SubmissionResult) -> None:
@@ -498,6 +520,17 @@ class Grader:
             outcome = NbGraderAPI(config=config).generate_feedback(self.assignment, res.student, force=True)
         if not outcome["success"]:
             res.notes.append("feedback HTML could not be generated: " + (outcome.get("error") or "")[-300:])
+
+
+def manual_answers(release, graded_cells: set[str]) -> dict[str, tuple[float, str]]:
+    """The release's cells graded by hand (nbgrader grade + solution cells that no check
+    grades, such as a written answer): grade_id -> (points, the text they are released with)."""
+    found = {}
+    for cell in release.cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if meta.get("grade") and meta.get("solution") and meta.get("grade_id") not in graded_cells:
+            found[meta["grade_id"]] = (float(meta.get("points", 0)), cell.source)
+    return found
 
 
 def _without_recorder(text: str) -> str:
