@@ -141,6 +141,10 @@ def mask_known_peek(n_known, n_unknown):
     return _mask(n_known, n_unknown, known_rows=(True, True))
 
 
+def mask_transposed(n_known, n_unknown):
+    return _mask(n_known, n_unknown).T
+
+
 def mask_causal(n_known, n_unknown):
     return torch.ones(n_known + n_unknown, n_known + n_unknown, dtype=torch.bool).tril()
 
@@ -158,6 +162,10 @@ MASK_BUGS = {
     "known_peek": (f"{_HERE}.mask_known_peek",
                    "known genes may attend to unknown genes: then the known genes' outputs (and the cell "
                    "embedding) change with what is being generated. Known rows see known keys only"),
+    "transposed": (f"{_HERE}.mask_transposed",
+                   "your mask is transposed: rows are queries (the gene looking), columns keys (the gene "
+                   "looked at). Known genes (rows 0..n_known-1) see only known genes; unknown genes see "
+                   "the known genes and themselves"),
     "causal": (f"{_HERE}.mask_causal",
                "this is GPT's causal mask: genes have no order. Known genes see all known genes; each "
                "unknown gene sees all known genes and itself"),
@@ -181,6 +189,10 @@ def gep_loss_per_cell(predicted, target, is_unknown):
     return per_cell.mean()
 
 
+def gep_loss_multiplied_by_mask(predicted, target, is_unknown):
+    return ((predicted - target) ** 2 * is_unknown).sum() / is_unknown.sum().clamp(min=1)
+
+
 def gep_loss_sum(predicted, target, is_unknown):
     return _masked((predicted - target) ** 2, is_unknown).sum()
 
@@ -194,6 +206,10 @@ GEP_BUGS = {
     "per_cell": (f"{_HERE}.gep_loss_per_cell",
                  "you averaged each cell first and then the cells; the GEP loss is one mean over all unknown "
                  "genes of the batch (cells with more unknown genes weigh more)"),
+    "multiplied_by_mask": (f"{_HERE}.gep_loss_multiplied_by_mask",
+                           "a NaN prediction at a known position leaked into your loss: NaN x 0 is NaN. "
+                           "Select the unknown positions (torch.where, masked_fill or boolean indexing) "
+                           "instead of multiplying by the mask"),
     "sum": (f"{_HERE}.gep_loss_sum",
             "you returned the sum of squared errors; the GEP loss is their MEAN over the unknown genes"),
 }
@@ -214,6 +230,17 @@ def _step(predicted, confidence, values, pending, steps_left, n_move=None, desce
     return torch.where(move, predicted, values), pending & ~move
 
 
+def step_topk(predicted, confidence, values, pending, steps_left):
+    """torch.topk over the pending genes: among tied confidences it may pick a later gene."""
+    n_move = (pending.sum(dim=1) + steps_left - 1) // steps_left  # (B,)
+    ranked = confidence.masked_fill(~pending, float("-inf"))  # (B, L)
+    move = torch.zeros_like(pending)
+    for cell in range(pending.size(0)):
+        move[cell, ranked[cell].topk(int(n_move[cell])).indices] = True
+    move &= pending
+    return torch.where(move, predicted, values), pending & ~move
+
+
 def step_floor(predicted, confidence, values, pending, steps_left):
     return _step(predicted, confidence, values, pending, steps_left, n_move=lambda r, k: r // k)
 
@@ -231,6 +258,9 @@ def step_ignores_pending(predicted, confidence, values, pending, steps_left):
 
 
 STEP_BUGS = {
+    "topk": (f"{_HERE}.step_topk",
+             "among genes with EQUAL confidence you did not move the earlier ones first: torch.topk does "
+             "not promise which tied entry it returns. Rank with argsort(dim=1, descending=True, stable=True)"),
     "floor": (f"{_HERE}.step_floor",
               "you moved floor(r / steps_left) genes; move ceil(r / steps_left), so that every step moves "
               "at least one gene while any is left and the last step (steps_left = 1) moves all of them"),
@@ -253,7 +283,7 @@ def expression_case(seed: int, cells: int, genes: int, kind: str, n_bins: int = 
                     dtype: str = "float32") -> CaseSpec:
     """kind: rounded (log-like values with one decimal: many ties) | counts (Poisson counts:
     ties everywhere, as in raw data) | distinct (no zeros, all values different) | single (one
-    nonzero gene per cell)."""
+    nonzero gene per cell) | near_ties (values 1e-9 apart: distinct in float64, equal in float32)."""
 
     def make():
         g = _gen(seed)
@@ -262,6 +292,10 @@ def expression_case(seed: int, cells: int, genes: int, kind: str, n_bins: int = 
             x = torch.poisson(rates, generator=g)
         elif kind == "distinct":
             x = torch.stack([torch.randperm(genes, generator=g) for _ in range(cells)]).double() * 0.37 + 0.5
+        elif kind == "near_ties":
+            x = torch.randint(1, 4, (cells, genes), generator=g).double()
+            x += torch.randint(0, 2, (cells, genes), generator=g).double() * 1e-9
+            x[torch.rand(cells, genes, generator=g) < 0.3] = 0.0
         elif kind == "single":
             x = torch.zeros(cells, genes, dtype=torch.float64)
             x[torch.arange(cells), torch.randint(genes, (cells,), generator=g)] = \
@@ -282,7 +316,8 @@ def mask_case(n_known: int, n_unknown: int) -> CaseSpec:
 
 
 def loss_case(seed: int, B: int, L: int, kind: str = "random", dtype: str = "float32") -> CaseSpec:
-    """kind: random | uneven (cells with 1 and with L-1 unknown genes) | none (no unknown gene)."""
+    """kind: random | uneven (cells with 1 and with L-1 unknown genes) | none (no unknown gene) |
+    nan_known (the predictions at known positions are NaN, as a model may leave them)."""
 
     def make():
         g = _gen(seed)
@@ -297,6 +332,8 @@ def loss_case(seed: int, B: int, L: int, kind: str = "random", dtype: str = "flo
         else:
             is_unknown = torch.rand(B, L, generator=g) < 0.5
             is_unknown[:, 0] = True
+        if kind == "nan_known":
+            predicted = predicted.masked_fill(~is_unknown, float("nan"))
         dt = getattr(torch, dtype)
         return {"predicted": predicted.to(dt), "target": target.to(dt), "is_unknown": is_unknown}
 
@@ -329,9 +366,10 @@ def step_case(seed: int, B: int, L: int, steps_left: int, kind: str = "random",
 
 # ------------------------------------------------------------------------------ checks
 
-BIN_CALLS = ("genlab.scgpt.bin_expression", "genlab.scgpt.tokenize_adata")
+BIN_CALLS = ("genlab.scgpt.bin_expression", "genlab.scgpt._mid_rank_bins", "genlab.scgpt.tokenize_adata")
 MASK_CALLS = ("genlab.masks.known_unknown_mask",)
-LOSS_CALLS = ("genlab.scgpt.masked_mse", "genlab.scgpt.gaussian_nll", "genlab.scgpt.scgpt_losses")
+LOSS_CALLS = ("genlab.scgpt.masked_mse", "genlab.scgpt._masked_mean", "genlab.scgpt.gaussian_nll",
+              "genlab.scgpt.scgpt_losses")
 STEP_CALLS = ("genlab.scgpt.most_confident", "genlab.scgpt.generate_values")
 
 # What every check of one function shares: its test cell, reference, comparison, bans.
@@ -360,9 +398,11 @@ SPEC = Assignment(
         check("bin_values.hidden", "bin_values", False,
               [expression_case(2, 32, 1200, "counts"), expression_case(3, 3, 10, "distinct", n_bins=11),
                expression_case(4, 5, 30, "single"), expression_case(5, 4, 16, "rounded", n_bins=2),
-               expression_case(6, 8, 40, "counts", dtype="float64")],
+               expression_case(6, 8, 40, "counts", dtype="float64"),
+               expression_case(7, 4, 24, "near_ties", dtype="float64")],
               "Poisson counts with 1,200 genes; n = n_bins - 1 distinct values; one expressed gene per "
-              "cell; n_bins = 2; float64 (exact)", points=2),
+              "cell; n_bins = 2; float64, with values 1e-9 apart that only float64 tells apart (exact)",
+              points=2),
         check("scgpt_mask", "scgpt_mask", True, [mask_case(3, 2), mask_case(4, 4)],
               "the known/unknown mask, 3 + 2 and 4 + 4 genes", points=2),
         check("scgpt_mask.hidden", "scgpt_mask", False,
@@ -371,18 +411,20 @@ SPEC = Assignment(
         check("gep_loss", "gep_loss", True, [loss_case(0, 3, 8), loss_case(1, 2, 16)],
               "masked MSE over the unknown genes, float32", points=2),
         check("gep_loss.hidden", "gep_loss", False,
-              [loss_case(2, 3, 9, "uneven"), loss_case(3, 2, 5, "none"), loss_case(4, 4, 32, dtype="float64")],
-              "cells with 1 and 8 unknown genes; no unknown gene at all (the loss is 0); float64",
-              dtype="float64", points=2),
+              [loss_case(2, 3, 9, "uneven"), loss_case(3, 2, 5, "none"), loss_case(7, 3, 12, "nan_known"),
+               loss_case(4, 4, 32, dtype="float64")],
+              "cells with 1 and 8 unknown genes; no unknown gene at all (the loss is 0); NaN predictions at "
+              "known positions; float64", points=2),
         check("generation_step", "generation_step", True,
               [step_case(0, 2, 10, steps_left=2), step_case(1, 3, 12, steps_left=3),
-               step_case(2, 2, 8, steps_left=1)],
-              "one step with 2 and 3 steps left; the last step moves every pending gene", points=2),
+               step_case(2, 2, 8, steps_left=1), step_case(7, 2, 12, steps_left=2, kind="ties")],
+              "one step with 2 and 3 steps left; the last step moves every pending gene; tied "
+              "confidences (the earlier gene first)", points=2),
         check("generation_step.hidden", "generation_step", False,
               [step_case(3, 3, 20, steps_left=4, kind="ties"), step_case(4, 3, 9, steps_left=2, kind="done"),
                step_case(5, 2, 6, steps_left=8), step_case(6, 4, 64, steps_left=3, dtype="float64")],
               "tied confidences (the earlier gene first); a cell with nothing pending; more steps left "
-              "than pending genes; float64", dtype="float64", points=2),
+              "than pending genes; float64", points=2),
     ],
     samples={
         "solution": {"solved": "all", "lost": []},

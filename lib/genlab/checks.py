@@ -310,7 +310,8 @@ def _mask_difference(got: np.ndarray, expected: np.ndarray) -> str:
                         f"lets queries attend to it ({len(wrong)} positions wrong)")
             return (f"batch {b}: key {k} is a real token (attention_mask 1) but the mask "
                     f"blocks it ({len(wrong)} positions wrong)")
-        if got[first] and k > q:
+        causal_like = np.array_equal(expected, np.tril(expected))  # nothing above the diagonal
+        if got[first] and k > q and causal_like:
             return f"query {q} may attend to key {k}: the mask leaks the future"
         if got[first]:
             return f"query {q} may attend to key {k}, which must be blocked"
@@ -344,7 +345,8 @@ def compare_array(got: np.ndarray, expected: np.ndarray, tol: Rule, name: str) -
     bad_nan = np.isnan(got) & ~np.isnan(expected)
     if bad_nan.any():
         idx = tuple(np.argwhere(bad_nan)[0])
-        hint = " (a fully masked query row must give zeros, not NaN)" if (expected == 0).any() else ""
+        hint = (" (a fully masked query row must give zeros, not NaN)"
+                if name == "output" and (expected == 0).any() else "")
         return f"`{name}` contains NaN at {_index(idx)}{hint}"
     if not np.allclose(got, expected, rtol=tol.rtol, atol=tol.atol, equal_nan=True):
         with np.errstate(invalid="ignore"):  # -inf - -inf
