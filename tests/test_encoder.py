@@ -303,6 +303,19 @@ def test_dropout_is_seeded_by_the_generator():
         assert torch.equal(run(0), run(1))  # no dropout in eval mode
 
 
+def test_torch_backend_drops_a_mask_without_padding_and_keeps_one_with_padding():
+    """The fused path skips an all-ones attention_mask (faster kernel): same result as the
+    scratch backend, which always applies the mask; with padding both mask."""
+    for lengths in ((6, 6), (6, 3)):
+        input_ids, token_type_ids, attention_mask = padded_batch(lengths=lengths, T=6)
+        fused, scratch = tiny(attn_backend="torch"), tiny(attn_backend="scratch")
+        with torch.no_grad():
+            got = fused(input_ids, token_type_ids, attention_mask)[0]
+            want = scratch(input_ids, token_type_ids, attention_mask)[0]
+        real = attention_mask.bool()
+        torch.testing.assert_close(got[real], want[real], rtol=1e-5, atol=1e-5)
+
+
 def test_scratch_backend_traces_to_explicit_matmuls():
     """make_fx sees bmm + softmax for "scratch", one fused kernel for "torch" (FLOP counting)."""
     input_ids, _, attention_mask = padded_batch(lengths=(6, 3), T=6)

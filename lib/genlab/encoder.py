@@ -459,6 +459,8 @@ class BertModel(nn.Module):
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         allowed = None if attention_mask is None else padding_mask(attention_mask)  # (B, 1, 1, T)
+        if allowed is not None and self.config.attn_backend == "torch" and _no_padding(allowed):
+            allowed = None  # the same result, and the fused kernel is faster without a mask
 
         x = self.embeddings(input_ids, token_type_ids, generator)  # (B, T, C)
         x = self.encoder(x, allowed, generator)  # (B, T, C)
@@ -487,6 +489,16 @@ class BertModel(nn.Module):
         hf_model = getattr(hf_model, "base_model", hf_model)
         model = cls(BertConfig.from_hf(hf_model.config, **config_overrides))
         return _load_hf_weights(model, hf_model)
+
+
+def _no_padding(allowed: torch.Tensor) -> bool:
+    """True when a padding mask allows every key (one host sync, as in transformers).
+    Under tracing (make_fx, torch.compile) the mask is kept: a graph must not depend on data."""
+    from torch.fx.experimental.proxy_tensor import get_proxy_mode
+
+    if torch.compiler.is_compiling() or get_proxy_mode() is not None:
+        return False
+    return bool(allowed.all())
 
 
 @dataclass
