@@ -114,7 +114,7 @@ def make_test(timeout: int) -> dict:
         try:
             proc = subprocess.run(["make", "test"], cwd=clone, env=env, capture_output=True, text=True,
                                   timeout=timeout)
-            returncode, output = proc.returncode, proc.stdout + proc.stderr
+            returncode, output = proc.returncode, proc.stderr + proc.stdout  # pytest's summary last
         except subprocess.TimeoutExpired as exc:
             returncode, output = None, f"timed out after {timeout} s\n{exc.stdout or ''}"
         seconds = time.perf_counter() - start
