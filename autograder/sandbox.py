@@ -210,10 +210,12 @@ class Sandbox:
         home = "/tmp/home" if self.sandboxed else str(workdir / ".home")
         env = {
             "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
-            "HOME": home, "MPLBACKEND": "Agg", "MPLCONFIGDIR": f"{home}/.mpl",
+            "HOME": home, "MPLCONFIGDIR": f"{home}/.mpl",
             "IPYTHONDIR": f"{home}/.ipython", "JUPYTER_RUNTIME_DIR": f"{home}/.jupyter",
             "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1",
             "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "LANG": "C.UTF-8",
+            # figures inline, as in JupyterLab, so that the feedback shows the student's plots
+            "MPLBACKEND": "module://matplotlib_inline.backend_inline",
         }
         if not self.sandboxed:  # limits only: point genlab at a copy of the public references
             env["GENLAB_REFERENCES"] = str(workdir / ".references")

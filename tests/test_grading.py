@@ -156,6 +156,7 @@ def test_gradebook_feedback_and_results_json_agree_with_csv(graded):
     html = (out / "feedback" / "polarity" / A / SPEC.notebook.replace(".ipynb", ".html")).read_text()
     assert "Autograder (trusted comparison" in html and "polarity inverted" in html
     assert "# added by the autograder" not in html  # the recorder's path stays private
+    assert "data:image/png" in html  # the student's own figures, drawn inline as in JupyterLab
 
 
 def test_unsandboxed_grading_says_so(tmp_path):
