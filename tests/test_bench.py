@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 
@@ -48,3 +49,32 @@ def test_notebooks_bench_uses_the_test_suites_list(monkeypatch):
     row = {"seconds": 130.0, "status": "ok", "limit": 120}
     table = bench.summary_table([Path("course/x.ipynb")], {"quick": {"course/x.ipynb": row}})
     assert "| `course/x.ipynb` | 130.0 **over** | ok |" in table and "| total | 130 |" in table
+
+
+def test_gpt_train_mfu_smoke_run_and_flop_counts_agree():
+    """The MFU benchmark runs end to end at the tiny size on CPU, and its two FLOP counts agree:
+    exactly on the weight matmuls (blocks, LM head); attention by torch's 14 L T d against
+    PaLM's 12 L T d (its SDPA backward formula counts the recomputed Q K^T); the totals within
+    2% (the biases and LayerNorms are in 6N but no matmul)."""
+    command = [sys.executable, str(REPO / "bench" / "gpt_train_mfu.py"), "--tiny", "--device", "cpu",
+               "--steps", "2", "--warmup", "1", "--threads", "1"]
+    proc = subprocess.run(command,
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    counts = {}
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 3 and cells[1].replace(",", "").isdigit():
+            counts[cells[0].split(" (")[0]] = tuple(int(c.replace(",", "")) for c in cells[1:])
+    L, d, V, T, tokens = 2, 64, 512, 64, 2 * 64  # --tiny: 2 layers, d=64, vocab 512, B=2, T=64
+    assert counts["block weight matmuls"] == (72 * L * d * d * tokens,) * 2
+    assert counts["LM head"] == (6 * d * V * tokens,) * 2
+    assert counts["biases + LayerNorms"] == (6 * (13 * L * d + 2 * d) * tokens, 0)
+    assert counts["attention"] == (12 * L * T * d * tokens, 14 * L * T * d * tokens)
+    analytic, measured = counts["total"]
+    assert analytic == sum(a for part, (a, _) in counts.items() if part != "total")
+    assert measured == sum(m for part, (_, m) in counts.items() if part != "total")
+    assert abs(analytic / measured - 1) < 0.02
+    assert "| MFU | n/a |" in out and "tokens/s" in out and "ms/step" in out
+    assert "target MFU" not in out  # only on CUDA with a known peak
