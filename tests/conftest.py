@@ -40,3 +40,19 @@ def assert_no_process(pattern: str) -> None:
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO
+
+
+@pytest.fixture(scope="session", autouse=True)
+def checkpoint_cache(tmp_path_factory) -> Path:
+    """The tests' own checkpoint cache: quick-mode lecture models never land in (or load from)
+    the user's ``~/.cache/genlab``.  Notebook kernels inherit the environment variable."""
+    from genlab.checkpoints import CACHE_ENV
+
+    folder = tmp_path_factory.mktemp("genlab-checkpoints")
+    previous = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = previous
