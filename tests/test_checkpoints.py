@@ -82,6 +82,27 @@ def test_recipe_changes_the_key(tmp_path):
     assert checkpoint_key("gpt", small, TrainConfig(steps=5)) != checkpoint_key("gpt", small, TrainConfig(steps=6))
 
 
+def test_the_training_device_is_not_part_of_the_key(tmp_path, capsys):
+    """A model trained on a GPU is loaded on a CPU laptop, not trained again there."""
+    small = GPT(GPTConfig(n_embd=32, n_head=2), seed=0)
+    on_cpu, on_gpu = TrainConfig(steps=5, device="cpu"), TrainConfig(steps=5, device="cuda")
+    assert checkpoint_key("gpt", small, on_cpu) == checkpoint_key("gpt", small, on_gpu)
+    assert checkpoint_key("gpt", small, {"train": on_cpu, "device": "cpu"}) == \
+        checkpoint_key("gpt", small, {"train": on_gpu, "device": "cuda:1"})
+    assert checkpoint_key("gpt", small, {"devices": 1}) != checkpoint_key("gpt", small, {"devices": 2})
+
+    trainer = Trainer()
+    load_or_train("lin", build, trainer, settings=trainer.cfg, cache_dir=tmp_path)
+    assert "on cpu" in capsys.readouterr().out
+    record = next(tmp_path.glob("*.json"))  # as if the lecturer had trained it on a GPU
+    record.write_text(json.dumps({**json.loads(record.read_text()), "device": "cuda:0"}))
+    gpu_settings = TrainConfig(**{**trainer.cfg.__dict__, "device": "cuda"})
+    model, _ = load_or_train("lin", build, lambda m: pytest.fail("should load"),
+                             settings=gpu_settings, cache_dir=tmp_path)
+    assert "on cuda:0" in (out := capsys.readouterr().out) and "loaded onto cpu" in out
+    assert model.weight.device.type == "cpu"
+
+
 def test_bad_settings_and_names():
     with pytest.raises(TypeError, match="settings"):
         checkpoint_key("lin", build(), {"fn": lambda: 0})

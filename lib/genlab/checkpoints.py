@@ -37,6 +37,13 @@ runs again under a new hash.  What the hash cannot see is the *code* of
 ``build_model`` and ``train_fn``: put everything that matters into
 ``settings``, or pass ``retrain=True``.
 
+Where the model was trained is not part of the key: a field or key named
+``device`` (``TrainConfig.device``, ``{"device": "cuda"}``) is left out of the
+hash, so a model a lecturer trained on a GPU loads on a CPU laptop instead of
+being trained again there.  The device stays in the ``.json`` record, and the
+line printed on loading names it when it differs from the model's own device
+(weights trained on another device differ only by rounding).
+
 Files are written to a temporary name and renamed, the JSON last, so a run
 that is interrupted while saving leaves no half checkpoint behind; a file
 that cannot be read is reported and the model is trained again.
@@ -80,14 +87,20 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "genlab" / "checkpoints"
 
 
+NOT_IN_KEY = frozenset({"device"})  # where a model trains does not change which model it is
+
+
 def _jsonable(value: Any, where: str = "settings") -> Any:
-    """``value`` as plain JSON types, so that its hash does not depend on memory addresses."""
+    """``value`` as plain JSON types, so that its hash does not depend on memory addresses.
+
+    Dataclass fields and dict keys named in ``NOT_IN_KEY`` are left out."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {"__dataclass__": type(value).__name__,
                 **{f.name: _jsonable(getattr(value, f.name), f"{where}.{f.name}")
-                   for f in dataclasses.fields(value)}}
+                   for f in dataclasses.fields(value) if f.name not in NOT_IN_KEY}}
     if isinstance(value, dict):
-        return {str(k): _jsonable(v, f"{where}[{k!r}]") for k, v in value.items()}
+        return {str(k): _jsonable(v, f"{where}[{k!r}]") for k, v in value.items()
+                if str(k) not in NOT_IN_KEY}
     if isinstance(value, (list, tuple)):
         return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(value)]
     if value is None or isinstance(value, (bool, int, str)):
@@ -190,7 +203,9 @@ def load_or_train(
         else:
             if verbose:
                 meta = json.loads(record.read_text())
-                print(f"loaded checkpoint {key}: {_describe(meta)}\n  from {folder}")
+                here = _model_device(model)
+                moved = "" if meta.get("device") == here else f", loaded onto {here}"
+                print(f"loaded checkpoint {key}: {_describe(meta)}{moved}\n  from {folder}")
             return model, history
 
     start = time.perf_counter()
