@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.genlab-installed
 
-.PHONY: setup demo test release references verify student-bundle system-packages site clean
+.PHONY: setup demo test release references verify gpu-check student-bundle system-packages site clean
 
 setup: $(STAMP)
 
@@ -62,6 +62,33 @@ references: setup
 
 verify: setup
 	$(PY) -m autograder references verify all
+
+# Everything that needs a GPU, in one command (about 10 minutes on an H200): the reference
+# verification on CUDA (adds `cuda` entries to the manifests: commit them), the CUDA tests,
+# and the GPU benchmarks of BENCHMARKS.md. Each step's output goes to $(GPU_OUT)/<step>.log;
+# a failing step is reported and the next one still runs.
+GPU_OUT ?= gpu-results
+GPU_STEPS := \
+  verify:-m:autograder:references:verify:all \
+  cuda-tests:-m:pytest:-q:-rs:tests/test_attention.py:tests/test_encoder.py:tests/test_scgpt.py:tests/test_masks.py:tests/test_train.py:tests/test_checkpoints.py:-k:cuda \
+  encoder-step:bench/encoder_step.py:--device:cuda \
+  gpt-generate:bench/gpt_generate.py:--device:cuda \
+  scgpt-step-fp32:bench/scgpt_step.py:--device:cuda:--fractions:0.25:0.5:0.75 \
+  scgpt-step-bf16:bench/scgpt_step.py:--device:cuda:--dtype:bf16:--fractions:0.25:0.5:0.75 \
+  gpt-train-mfu:bench/gpt_train_mfu.py:--device:cuda:--dtype:bf16:--batch:16 \
+  gpt-train-mfu-compiled:bench/gpt_train_mfu.py:--device:cuda:--dtype:bf16:--batch:16:--compile
+
+gpu-check: setup
+	@$(PY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu-check: torch sees no CUDA device')"
+	@mkdir -p $(GPU_OUT); failed=""; \
+	for step in $(GPU_STEPS); do \
+	  name=$${step%%:*}; args=$$(echo $${step#*:} | tr ':' ' '); \
+	  echo "== $$name: $(PY) $$args"; \
+	  PYTHONUNBUFFERED=1 $(PY) $$args 2>&1 | tee $(GPU_OUT)/$$name.log; \
+	  [ $${PIPESTATUS[0]} = 0 ] || failed="$$failed $$name"; \
+	done; \
+	echo "logs in $(GPU_OUT)/; commit autograder/references/*/manifest.json"; \
+	[ -z "$$failed" ] || { echo "FAILED:$$failed"; exit 1; }
 
 student-bundle: setup
 	$(PY) -m autograder bundle --out student-bundle.zip

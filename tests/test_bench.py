@@ -78,3 +78,53 @@ def test_gpt_train_mfu_smoke_run_and_flop_counts_agree():
     assert abs(analytic / measured - 1) < 0.02
     assert "| MFU | n/a |" in out and "tokens/s" in out and "ms/step" in out
     assert "target MFU" not in out  # only on CUDA with a known peak
+
+
+def gpu_steps() -> list[tuple[str, list[str]]]:
+    """``GPU_STEPS`` of the Makefile's ``gpu-check``: (name, python arguments) per step."""
+    text = (REPO / "Makefile").read_text().replace("\\\n", " ")
+    [line] = [line for line in text.splitlines() if line.startswith("GPU_STEPS :=")]
+    return [(step.split(":")[0], step.split(":")[1:]) for step in line.split(":=", 1)[1].split()]
+
+
+class Parsed(Exception):
+    """Raised right after a script has parsed its arguments: nothing is run."""
+
+
+def test_gpu_check_steps_are_valid_commands(monkeypatch):
+    """Every step of ``make gpu-check`` names an existing script or module and arguments that
+    its own parser accepts (a typo would only show on the GPU machine otherwise)."""
+    import argparse
+
+    steps = dict(gpu_steps())
+    assert {"verify", "cuda-tests", "encoder-step", "gpt-generate", "gpt-train-mfu"} <= set(steps)
+    original = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, args=None, namespace=None):
+        original(self, args, namespace)  # exits (SystemExit) on an unknown or invalid argument
+        raise Parsed
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    for name, args in steps.items():
+        if args[0] == "-m":
+            assert args[1] in ("autograder", "pytest"), name
+            for path in (a for a in args if a.startswith("tests/")):
+                assert (REPO / path).is_file(), f"{name}: {path} does not exist"
+            continue
+        script = REPO / args[0]
+        assert script.is_file(), f"{name}: {script} does not exist"
+        monkeypatch.setattr(sys, "argv", [str(script), *args[1:]])
+        module = load_bench(script.stem, monkeypatch)
+        with pytest.raises(Parsed):
+            module.main(args[1:]) if "argv" in module.main.__code__.co_varnames else module.main()
+    verify = steps["verify"]
+    assert verify[1:] == ["autograder", "references", "verify", "all"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_gpu_check_says_when_there_is_no_gpu(tmp_path):
+    proc = subprocess.run(["make", "--no-print-directory", "gpu-check", f"PY={sys.executable}",
+                           f"GPU_OUT={tmp_path}", "STAMP=pyproject.toml"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "torch sees no CUDA device" in proc.stderr
+    assert not any(tmp_path.iterdir()), "nothing ran"
