@@ -40,6 +40,11 @@ STUDENT_README = """\
     conda env create -f environment.yml && conda activate genlab    # or: pip install -e .
     jupyter lab
 
+With pip alone (a plain `pip install .` works too): run it in the unzipped folder. The
+notebooks find the public checks' references in `autograder/references/` of the folder
+they run in or of a folder above it; `GENLAB_REFERENCES=/path/to/autograder/references`
+points them elsewhere.
+
 Start with `assignments/01_attention/attention.ipynb`. Each exercise is followed by
 public checks that explain what is wrong and where; hidden checks run after you submit.
 The lectures are in `course/`.

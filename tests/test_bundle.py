@@ -87,3 +87,41 @@ def test_public_checks_work_from_the_bundle(bundle, tmp_path, monkeypatch):
     with pytest.raises(AssertionError, match="polarity inverted"):
         checks.check("causal_mask", lambda T: ~causal_mask(T))
     checks.record("causal_mask", lambda T: causal_mask(T))  # no hidden references: does nothing
+
+
+def test_public_checks_find_the_references_when_genlab_is_installed_non_editable(bundle, tmp_path):
+    """``pip install .`` (not ``-e``) of the unzipped bundle, as on Colab or in a conda
+    environment: genlab then lives in site-packages, away from autograder/references/, and a
+    notebook opened inside the bundle still finds them, from its own folder upwards."""
+    import os
+    import subprocess
+    import sys
+
+    root = tmp_path / "bundle"
+    for name, data in bundle.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    site = tmp_path / "site-packages"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+                    "--no-build-isolation", "--no-index", "--target", str(site), str(root)],
+                   check=True, capture_output=True, timeout=300)
+    assert (site / "genlab" / "checks.py").is_file()
+    script = ("import genlab.checks as c, genlab.masks as m; "
+              "print(c.__file__); print(c.references_root()); "
+              "checks = c.AssignmentChecks('01_attention'); "
+              "checks.check('causal_mask', lambda T: m.causal_mask(T)); print('passed')")
+    env = {k: v for k, v in os.environ.items() if k != "GENLAB_REFERENCES"}
+    env["PYTHONPATH"] = str(site)
+    run = lambda cwd: subprocess.run([sys.executable, "-c", script], cwd=cwd, env=env,  # noqa: E731
+                                     capture_output=True, text=True, timeout=120)
+    found = run(root / "assignments" / "01_attention")
+    assert found.returncode == 0, found.stderr
+    lines = found.stdout.splitlines()
+    module, references, verdict = lines[0], lines[1], lines[-1]
+    assert module.startswith(str(site)) and verdict == "passed"
+    assert references == str((root / "autograder" / "references").resolve())
+
+    lost = run(tmp_path)  # a notebook opened outside the bundle: told what to do
+    assert lost.returncode != 0
+    assert "open the notebook from inside the unzipped course bundle" in lost.stderr
+    assert "GENLAB_REFERENCES" in lost.stderr

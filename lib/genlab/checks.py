@@ -36,12 +36,28 @@ import torch
 # ----------------------------------------------------------------------------- files
 
 
+REFERENCES_ENV = "GENLAB_REFERENCES"
+# the repository (or unzipped student bundle) that holds lib/genlab/, when installed editable
+CHECKOUT = Path(__file__).resolve().parents[2]
+
+
 def references_root() -> Path:
-    """Where references live: ``$GENLAB_REFERENCES`` or ``<repo>/autograder/references``."""
-    env = os.environ.get("GENLAB_REFERENCES")
+    """Where references live: ``$GENLAB_REFERENCES``; else ``autograder/references`` of the
+    checkout genlab was installed from (``pip install -e .``, ``make setup``); else of the
+    current folder or the nearest folder above it that has one (genlab installed
+    non-editable, e.g. ``pip install .`` or a conda environment, and the notebook opened
+    inside the unzipped bundle)."""
+    env = os.environ.get(REFERENCES_ENV)
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "autograder" / "references"
+    beside_library = CHECKOUT / "autograder" / "references"
+    if beside_library.is_dir():
+        return beside_library
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / "autograder" / "references").is_dir():
+            return folder / "autograder" / "references"
+    return beside_library  # missing: the error names where it was looked for
 
 
 def save_case(path: Path, inputs: dict, outputs: list | None = None,
@@ -413,7 +429,9 @@ def _manifest(assignment: str, root: Path | None = None) -> dict:
     path = (root or references_root()) / assignment / "manifest.json"
     if not path.exists():
         raise FileNotFoundError(
-            f"no references for {assignment!r} at {path}; instructors build them with "
+            f"no references for {assignment!r} at {path}. Students: open the notebook from "
+            f"inside the unzipped course bundle (it holds autograder/references/), or set "
+            f"{REFERENCES_ENV} to that folder. Instructors build them with "
             f"`python -m autograder references build {assignment}`")
     return json.loads(path.read_text())
 
