@@ -63,7 +63,7 @@ references: setup
 verify: setup
 	$(PY) -m autograder references verify all
 
-# Everything that needs a GPU, in one command (about 10 minutes on an H200): the reference
+# Everything that needs a GPU, in one command (never run yet: no GPU was at hand): the reference
 # verification on CUDA (adds `cuda` entries to the manifests: commit them), the CUDA tests,
 # and the GPU benchmarks of BENCHMARKS.md. Each step's output goes to $(GPU_OUT)/<step>.log;
 # a failing step is reported and the next one still runs.

@@ -1,1 +1,1 @@
-"""Trusted autograding for the genlab course (see DESIGN.md, "the trust model")."""
+"""Trusted autograding for the genlab course (README.md, "How grading works, and why a student cannot fool it")."""

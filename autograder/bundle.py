@@ -26,12 +26,12 @@ build-backend = "setuptools.build_meta"
 [project]
 name = "genlab"
 version = "{version}"
-requires-python = ">=3.10"
+requires-python = ">=3.11"
 dependencies = {dependencies}
 
 [tool.setuptools]
 package-dir = {{"genlab" = "lib/genlab"}}
-packages = ["genlab"]
+packages = {packages}
 """
 
 STUDENT_README = """\
@@ -57,6 +57,14 @@ def _files(folder: Path):
             yield path
 
 
+def _library_packages() -> list[str]:
+    """genlab and every subpackage of it (a folder under lib/genlab with an __init__.py)."""
+    library = REPO / "lib"
+    return sorted(".".join(init.parent.relative_to(library).parts)
+                  for init in (library / "genlab").rglob("__init__.py")
+                  if not SKIP_PARTS & set(init.parts))
+
+
 def build_bundle(dest: Path) -> Path:
     import tomllib
 
@@ -70,7 +78,8 @@ def build_bundle(dest: Path) -> Path:
                 zf.write(path, path.relative_to(REPO))
         zf.write(REPO / "environment.yml", "environment.yml")
         zf.writestr("pyproject.toml", STUDENT_PYPROJECT.format(
-            version=project["version"], dependencies=json.dumps(project["dependencies"], indent=4)))
+            version=project["version"], dependencies=json.dumps(project["dependencies"], indent=4),
+            packages=json.dumps(_library_packages())))
         zf.writestr("README.md", STUDENT_README)
         for manifest_path in sorted(REFERENCES.glob("*/manifest.json")):
             manifest = json.loads(manifest_path.read_text())

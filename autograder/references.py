@@ -9,7 +9,8 @@ tolerance). Files are byte-for-byte reproducible.
 recompute every case and record in ``verified_on`` the device's name and the largest
 deviation from the stored reference; check each file's sha256; set each float check's
 tolerance to ``max(floor, SAFETY_MARGIN * largest deviation seen)`` so that a correct
-solution passes on a laptop CPU and on a GPU alike.
+solution passes on every device verified (the committed manifests: the CPU so far;
+``make gpu-check`` adds CUDA).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ built from the release, graded together through the real CLI. Each must end with
 the points it earned, a clear message, and the rest of the class graded as usual.
 
 The attacks follow nbgrader's own reports (monkeypatched asserts, always-equal objects,
-hidden tests read from disk, hung or killed kernels) and DESIGN.md's trust model.
+hidden tests read from disk, hung or killed kernels) and the trust model in README.md ("How grading works").
 """
 
 from __future__ import annotations

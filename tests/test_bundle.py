@@ -106,6 +106,11 @@ def test_public_checks_find_the_references_when_genlab_is_installed_non_editable
                     "--no-build-isolation", "--no-index", "--target", str(site), str(root)],
                    check=True, capture_output=True, timeout=300)
     assert (site / "genlab" / "checks.py").is_file()
+    installed = {str(p.relative_to(site).with_suffix("")).replace("/", ".")
+                 for p in (site / "genlab").rglob("*.py")}
+    shipped = {str(p.relative_to(REPO / "lib").with_suffix("")).replace("/", ".")
+               for p in (REPO / "lib" / "genlab").rglob("*.py") if "__pycache__" not in p.parts}
+    assert shipped - installed == set(), "modules the notebooks import are missing after pip install ."
     script = ("import genlab.checks as c, genlab.masks as m; "
               "print(c.__file__); print(c.references_root()); "
               "checks = c.AssignmentChecks('01_attention'); "

@@ -138,3 +138,41 @@ def test_recorder_writes_outputs_errors_and_traced_calls(tmp_path):
     Recorder(str(tmp_path))("causal_mask", None)
     with np.load(tmp_path / "outputs" / "causal_mask" / "c-0.npz", allow_pickle=False) as z:
         assert "not defined" in str(z["error"])
+
+
+def test_the_readme_examples_are_what_the_public_checks_print():
+    """README.md shows students four check messages; each is printed, word for word, by the
+    public checks of assignment 1 for the bug it illustrates."""
+    import math
+    import re
+
+    from conftest import REPO
+    from genlab.checks import AssignmentChecks
+
+    def scores(q, k, v, attn_mask, scale):
+        s = q @ k.transpose(-2, -1) * scale  # (B, H, Tq, Tk)
+        if attn_mask is not None:
+            s = s.masked_fill(~attn_mask, torch.finfo(s.dtype).min)
+        return s.softmax(-1)
+
+    def transposed(q, k, v, attn_mask=None, is_causal=False, **_):
+        weights = scores(q, k, v, attn_mask, 1 / math.sqrt(q.size(-1)))
+        return (weights @ v).transpose(-2, -1), weights
+
+    def unscaled(q, k, v, attn_mask=None, is_causal=False, **_):
+        weights = scores(q, k, v, attn_mask, 1.0)
+        return weights @ v, weights
+
+    bugs = [("causal_mask", lambda T: torch.ones(T, T, dtype=torch.bool).tril(1)),
+            ("padding_mask", lambda attention_mask: ~padding_mask(attention_mask)),
+            ("scaled_dot_product_attention", transposed),
+            ("scaled_dot_product_attention", unscaled)]
+    checks = AssignmentChecks("01_attention")
+    printed = []
+    for name, function in bugs:
+        with pytest.raises(AssertionError) as failure:
+            checks.check(name, function)
+        printed.append(str(failure.value).splitlines()[0])
+    readme = (REPO / "README.md").read_text()
+    [example] = re.findall(r"```\n(causal_mask: .*?)\n```", readme, flags=re.S)
+    assert example.splitlines() == printed
