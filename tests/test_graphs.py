@@ -1,17 +1,22 @@
 """genlab.graphs: tracing, shapes, FLOPs, isomorphism and drawing of model diagrams."""
 
 import dataclasses
+import itertools
 from collections import Counter
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pytest
 import torch
 import torch.fx as fx
 import torch.nn as nn
-from matplotlib.patches import FancyBboxPatch
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+from matplotlib.path import Path
+from matplotlib.transforms import Bbox
 
 from genlab import graphs
 from genlab.attention import MultiHeadAttention
+from genlab.decoder import Block, GPTConfig
 
 MATRIX_PRODUCTS = {"Linear", "matmul"}
 
@@ -321,6 +326,8 @@ def test_draw_has_one_box_per_node(block_graph):
         assert {box.get_gid() for box in boxes} == {f"node:{n.name}" for n in block_graph.nodes}
         texts = {text.get_text() for text in fig.axes[0].texts}
         assert "(2, 2, 5, 5)" in texts  # an edge carries the attention scores' shape
+        arrows = [patch for patch in fig.axes[0].patches if isinstance(patch, FancyArrowPatch)]
+        assert len(arrows) == len(block_graph.edges)  # one path per edge, long or short
         width, height = fig.get_size_inches()
         tiny = graphs.OpGraph.from_edges(["input", "relu", "output"], [(0, 1), (1, 2)])
         small = graphs.draw(tiny)
@@ -339,3 +346,75 @@ def test_draw_into_given_axes_and_sideways(block_graph):
         plt.close(fig)
     with pytest.raises(ValueError, match="direction"):
         graphs.draw(block_graph, direction="up")
+
+
+@pytest.fixture(scope="module")
+def gpt_block_graph():
+    """The lecture's diagram: genlab's GPT block, causal, with two residual connections
+    and the keys and values running from the attention down to the output."""
+    block = Block(GPTConfig(n_embd=12, n_head=3, attn_backend="scratch"))
+    return graphs.trace(block, example_input(d=12), is_causal=True)
+
+
+# A hand-drawn diagram whose skip connections leave and join the same nodes, twice over.
+SKIPS = graphs.OpGraph.from_edges(
+    ["input", "f", "g", "h", "add", "k", "add", "output"],
+    [(0, 1), (1, 2), (2, 3), (3, 4), (0, 4), (4, 5), (5, 6), (4, 6), (0, 6), (6, 7),
+     (1, 7), (1, 7)])
+
+
+@pytest.fixture(params=[(which, direction) for which in ("gpt_block_graph", "block_graph", "skips")
+                        for direction in ("down", "right")], ids="-".join)
+def laid_out(request):
+    """(graph, direction): the transformer blocks and SKIPS, drawn down and to the right."""
+    which, direction = request.param
+    return (SKIPS if which == "skips" else request.getfixturevalue(which)), direction
+
+
+def _sampled(path: Path, per_piece: int = 32) -> np.ndarray:
+    """Points along ``path``: each of its line and Bezier pieces at ``per_piece`` parameters."""
+    return np.concatenate([piece(np.linspace(0, 1, per_piece)) for piece, _ in path.iter_bezier()])
+
+
+def _turns(values) -> int:
+    """How often a sequence of numbers turns from rising to falling or back."""
+    steps = [b - a for a, b in zip(values, values[1:]) if abs(b - a) > 1e-9]
+    return sum(a * b < 0 for a, b in zip(steps, steps[1:]))
+
+
+def test_long_edges_run_down_straight_lanes(laid_out):
+    graph, direction = laid_out
+    _, routes, _, _ = graphs._layered_layout(graph)
+    long_edges = [e for e, route in enumerate(routes) if len(route) > 2]
+    assert len(long_edges) >= 4  # residual connections (and keys and values to the output)
+    geometry = graphs._geometry(graph, direction)
+    along, across = (1, 0) if direction == "down" else (0, 1)
+    forward = -1 if direction == "down" else 1  # down the page, or to the right
+    for e in long_edges:
+        # one lane through every layer the edge crosses, beside the boxes there
+        assert len({x for x, _ in routes[e][1:-1]}) == 1, f"edge {e} changes lanes: {routes[e]}"
+        points = _sampled(geometry.paths[e])
+        assert (np.diff(points[:, along]) * forward >= -1e-9).all(), f"edge {e} turns back"
+        # out to the lane and back in at most: no zigzag
+        assert _turns(points[:, across]) <= 1, f"edge {e} zigzags"
+
+
+def test_edges_pass_no_box_but_their_own(laid_out):
+    graph, direction = laid_out
+    geometry = graphs._geometry(graph, direction)
+    width, height = geometry.box
+    pad = 0.02  # the boxes' drawn border (FancyBboxPatch pad)
+    boxes = [Bbox.from_bounds(x - width / 2 - pad, y - height / 2 - pad, width + 2 * pad,
+                              height + 2 * pad) for x, y in geometry.centres]
+    for i, j in itertools.combinations(range(len(boxes)), 2):
+        assert not boxes[i].overlaps(boxes[j]), (graph.nodes[i].name, graph.nodes[j].name)
+    for edge, path in zip(graph.edges, geometry.paths):
+        polyline = Path(_sampled(path))
+        # from the source box's far side to the target box's near side
+        assert boxes[edge.source].contains(*polyline.vertices[0])
+        assert boxes[edge.target].contains(*polyline.vertices[-1])
+        for k, box in enumerate(boxes):
+            if k not in (edge.source, edge.target):
+                assert not polyline.intersects_bbox(box, filled=False), \
+                    f"{graph.nodes[edge.source].name} -> {graph.nodes[edge.target].name} " \
+                    f"crosses {graph.nodes[k].name}"

@@ -47,9 +47,13 @@ Three steps turn a module into such a diagram:
 
 3. **Draw** (matplotlib only, no Graphviz).  Nodes are placed in layers by
    topological depth (longest path from an input), edges that skip layers are
-   routed through the layers they cross (so residual connections get their own
-   lane), and a few barycentre sweeps reduce crossings.  Boxes carry the op
-   label, the node's name and its FLOPs; edges carry tensor shapes.
+   routed through the layers they cross, and a few barycentre sweeps reduce
+   crossings.  Coordinates across the layers follow Brandes and Köpf: boxes
+   line up with the boxes they are wired to, and an edge that skips layers (a
+   residual connection) runs down a straight lane of its own beside them,
+   joined to its ends by smooth curves in the gaps between layers, so it
+   crosses no box.  Boxes carry the op label, the node's name and its FLOPs;
+   edges carry tensor shapes.
 
 ``compare`` and ``is_isomorphic`` ask whether two models have the same diagram:
 the same multiset of ops, and a bijection between nodes that preserves op
@@ -72,9 +76,11 @@ import functools
 import inspect
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import matplotlib.pyplot as plt
-from matplotlib.patches import FancyBboxPatch, Patch
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Patch
+from matplotlib.path import Path
 import torch
 import torch.fx as fx
 import torch.nn as nn
@@ -766,6 +772,11 @@ def compare(a: OpGraph, b: OpGraph) -> GraphComparison:
 # drawing
 
 _BOX_WIDTH, _BOX_HEIGHT = 0.84, 0.56  # in layout units: one lane wide, one layer tall
+_LAYER_STRETCH = 1.6  # drawn sideways, a layer is this long: room for boxes as wide as their text
+# Half the room an item takes across its layer, in lanes: neighbouring boxes sit one lane
+# apart, a long edge passes 0.65 from a box's centre (clear of its half-width, 0.42), and
+# two long edges run 0.3 apart.
+_HALF_SPAN = {"node": 0.5, "via": 0.15}
 _INCHES_PER_LANE, _INCHES_PER_LAYER = 1.65, 0.85
 _MARGIN_INCHES = 0.6  # room for the title and legend
 _COLOURS = {
@@ -791,11 +802,15 @@ def _category(node: OpNode) -> str:
 def _layered_layout(graph: OpGraph, sweeps: int = 4):
     """Sugiyama-style layout: layers by depth (parameter-only work just above
     its first user), long edges split into one-layer hops through
-    virtual points, then barycentre sweeps to reduce crossings.
+    virtual points, barycentre sweeps to reduce crossings, then coordinates
+    across the layers that keep each long edge on a straight lane
+    (``_coordinates``).
 
-    Returns ``(positions, routes, n_layers, max_width)``: ``positions[node] =
-    (lane, layer)``; ``routes[edge index]`` = the (lane, layer) points an edge
-    passes through, from its source to its target.
+    Returns ``(positions, routes, n_layers, width)``: ``positions[node] =
+    (x, layer)`` with ``x`` in lanes (one box plus a gap); ``routes[edge
+    index]`` = the (x, layer) points an edge passes through, from its source
+    to its target; ``width``: lanes from the leftmost to the rightmost point,
+    plus one.
     """
     depth = graph.depths()
     order, incoming, outgoing = graph.topological_order(), graph.predecessors(), graph.successors()
@@ -838,12 +853,155 @@ def _layered_layout(graph: OpGraph, sweeps: int = 4):
                 position = {item: k for items in layers for k, item in enumerate(items)}
                 layers[layer] = reorder(layers[layer], up if direction.step > 0 else down, position)
 
-    max_width = max(len(items) for items in layers)
-    coordinate = {item: (k - (len(items) - 1) / 2, layer)
-                  for layer, items in enumerate(layers) for k, item in enumerate(items)}
+    x = _coordinates(layers, up, down)
+    width = max(x.values(), default=0.0) - min(x.values(), default=0.0) + 1
+    coordinate = {item: (x[item], layer) for layer, items in enumerate(layers) for item in items}
     positions = [coordinate[("node", i)] for i in range(len(graph.nodes))]
     routes = [[coordinate[item] for item in chain] for chain in chains]
-    return positions, routes, n_layers, max_width
+    return positions, routes, n_layers, width
+
+
+def _coordinates(layers: list[list], up: dict, down: dict) -> dict:
+    """Positions across the layers (Brandes and Köpf, "Fast and simple
+    horizontal coordinate assignment", Graph Drawing 2001).
+
+    Each item is aligned with a median neighbour of its kind (box or virtual
+    point) in the layer above into a vertical *block* that shares one
+    coordinate (``_align``), blocks are packed
+    as tightly as the order within the layers allows (``_pack``), and the
+    result is balanced over the four ways of doing this (aligning with the
+    layer above or below, packing to the left or to the right): an item gets
+    the mean of its two middle coordinates.  Neighbouring items keep
+    ``_HALF_SPAN`` apart.
+
+    A link that crosses a long edge's *inner* link (between two of its virtual
+    points) is never aligned, and two long edges never cross between their
+    virtual points (the barycentre sweeps sort a virtual point by its one
+    neighbour, so they keep the order of the layer before), so the virtual
+    points of a long edge form one block in all four layouts: one straight
+    lane, in their balance too.
+    """
+    position = {item: k for items in layers for k, item in enumerate(items)}
+    if not position:
+        return {}
+    blocked = set()  # links crossing an inner link of a long edge
+    for items in layers:
+        links = [(upper, lower) for lower in items for upper in up[lower]]
+        inner = [(u, v) for u, v in links if u[0] == v[0] == "via"]
+        for u, v in links:
+            crossed = ((position[u] - position[a]) * (position[v] - position[b]) < 0
+                       for a, b in inner)
+            if (u, v) not in inner and any(crossed):
+                blocked.add(frozenset((u, v)))
+    layouts = []  # (layout, the side it is packed to)
+    for layer_order, neighbours in ((layers, up), (layers[::-1], down)):
+        left = _pack(layer_order, _align(layer_order, neighbours, blocked))
+        mirrored = [items[::-1] for items in layer_order]
+        right = _pack(mirrored, _align(mirrored, neighbours, blocked))  # left in the mirror image
+        layouts += [(left, min), ({item: -value for item, value in right.items()}, max)]
+    # line each layout up with the narrowest one on the side it is packed to, then balance
+    narrowest = min((x for x, _ in layouts), key=lambda x: max(x.values()) - min(x.values()))
+    shifted = [(x, side(narrowest.values()) - side(x.values())) for x, side in layouts]
+    return {item: sum(sorted(x[item] + shift for x, shift in shifted)[1:3]) / 2
+            for item in position}
+
+
+def _align(layers: list[list], neighbours: dict, blocked: set) -> dict:
+    """Brandes-Köpf vertical alignment, from the first layer on and left to
+    right within each: an item joins the block of its median neighbour in the
+    layer before (of two medians the left one first) unless that link is
+    ``blocked`` or would cross a link made before.  Returns each item's block,
+    named by the block's first item."""
+    block = {item: item for items in layers for item in items}
+    position = {item: k for items in layers for k, item in enumerate(items)}
+    for items in layers[1:]:
+        last = -1  # position of the rightmost neighbour aligned with so far
+        for item in items:
+            # boxes line up with boxes and a long edge's points with each other,
+            # so a long edge runs beside the boxes at its ends
+            linked = sorted((other for other in neighbours[item] if other[0] == item[0]),
+                            key=position.__getitem__)
+            for median in linked[(len(linked) - 1) // 2: len(linked) // 2 + 1]:
+                if frozenset((median, item)) not in blocked and position[median] > last:
+                    block[item], last = block[median], position[median]
+                    break
+    return block
+
+
+def _pack(layers: list[list], block: dict) -> dict:
+    """Block coordinates as far left as the order allows: the longest path to
+    each block over "left neighbour, at least this far" constraints.  Returns
+    each item's coordinate (its block's)."""
+    least = defaultdict(dict)  # least[left block][right block] = their least distance
+    for items in layers:
+        for left, right in zip(items, items[1:]):
+            gaps = least[block[left]]
+            gaps[block[right]] = max(gaps.get(block[right], 0.0),
+                                     _HALF_SPAN[left[0]] + _HALF_SPAN[right[0]])
+    waiting = Counter(right for gaps in least.values() for right in gaps)
+    x = dict.fromkeys(block.values(), 0.0)
+    ready = [b for b in x if not waiting[b]]
+    while ready:
+        left = ready.pop()
+        for right, gap in least[left].items():
+            x[right] = max(x[right], x[left] + gap)
+            waiting[right] -= 1
+            if not waiting[right]:
+                ready.append(right)
+    return {item: x[block[item]] for item in block}
+
+
+class _Geometry(NamedTuple):
+    """A diagram in axes coordinates: one box centre per node (``centres``),
+    the ``box`` size (width, height), one ``paths[edge index]`` per edge from
+    its source box's edge to its target box's edge, and the layout's extent
+    (``n_layers``, ``width`` in lanes)."""
+
+    centres: list[tuple[float, float]]
+    box: tuple[float, float]
+    paths: list[Path]
+    n_layers: int
+    width: float
+
+
+def _geometry(graph: OpGraph, direction: str) -> _Geometry:
+    """Lay ``graph`` out and route its edges for ``direction`` ("down" or "right")."""
+    if direction not in ("down", "right"):
+        raise ValueError(f"direction must be 'down' or 'right', got {direction!r}")
+    positions, routes, n_layers, width = _layered_layout(graph)
+    if direction == "down":
+        box, reach = (_BOX_WIDTH, _BOX_HEIGHT), _BOX_HEIGHT / 2
+
+        def to_xy(x: float, layer: float):
+            return x, -layer
+    else:  # a layer is _LAYER_STRETCH units long, room for boxes as wide as their text
+        box, reach = (_BOX_WIDTH * _LAYER_STRETCH, _BOX_HEIGHT), _BOX_WIDTH / 2
+
+        def to_xy(x: float, layer: float):
+            return layer * _LAYER_STRETCH, -x
+    paths = [_edge_path(route, to_xy, reach) for route in routes]
+    return _Geometry([to_xy(*position) for position in positions], box, paths, n_layers, width)
+
+
+def _edge_path(route: list[tuple[float, float]], to_xy, reach: float) -> Path:
+    """One smooth path along ``route`` (its (x, layer) points, one per layer).
+
+    It leaves the source box on its far side, crosses each gap between two
+    layers as an S-shaped cubic Bézier curve (parallel to the layer axis at
+    both ends, so it stays inside the gap and joins the next piece smoothly),
+    runs straight through each layer it passes (``reach`` layers either side
+    of the layer's middle, as far as the boxes reach) and ends on the near
+    side of the target box.
+    """
+    vertices, codes = [to_xy(route[0][0], route[0][1] + reach)], [Path.MOVETO]
+    for k, ((x0, layer0), (x1, layer1)) in enumerate(zip(route, route[1:])):
+        middle = (layer0 + layer1) / 2
+        vertices += [to_xy(x0, middle), to_xy(x1, middle), to_xy(x1, layer1 - reach)]
+        codes += [Path.CURVE4] * 3
+        if k < len(route) - 2:  # a virtual point: straight on through its layer
+            vertices.append(to_xy(x1, layer1 + reach))
+            codes.append(Path.LINETO)
+    return Path(vertices, codes)
 
 
 def draw(graph: OpGraph, ax=None, direction: str = "down", show_flops: bool = True,
@@ -851,52 +1009,36 @@ def draw(graph: OpGraph, ax=None, direction: str = "down", show_flops: bool = Tr
     """Draw ``graph`` as a layered diagram; returns the matplotlib Figure.
 
     ``direction``: "down" (inputs at the top) or "right" (inputs at the left).
-    Without ``ax`` the figure size follows the number of layers and the widest
-    layer, so each box keeps a readable size.  Boxes show the op label, the
-    node name and (``show_flops``) its FLOPs; edges show tensor shapes.  Each
-    box is a ``FancyBboxPatch`` with ``gid = "node:<name>"``.
+    Without ``ax`` the figure size follows the number of layers and the width
+    of the layout, so each box keeps a readable size.  Boxes show the op
+    label, the node name and (``show_flops``) its FLOPs; edges show tensor
+    shapes.  Each box is a ``FancyBboxPatch`` with ``gid = "node:<name>"``.
     """
-    if direction not in ("down", "right"):
-        raise ValueError(f"direction must be 'down' or 'right', got {direction!r}")
-    positions, routes, n_layers, max_width = _layered_layout(graph)
-
-    def to_xy(lane: float, layer: float):
-        return (lane, -layer) if direction == "down" else (layer * 1.6, -lane)
-
+    geometry = _geometry(graph, direction)
     if ax is None:
-        across = max_width * _INCHES_PER_LANE + 0.5
-        along = n_layers * _INCHES_PER_LAYER + 2 * _MARGIN_INCHES
+        across = geometry.width * _INCHES_PER_LANE + 0.5
+        along = geometry.n_layers * _INCHES_PER_LAYER + 2 * _MARGIN_INCHES
         if direction == "down":
             fig, ax = plt.subplots(figsize=(across, along))
             fig.subplots_adjust(left=0.01, right=0.99, bottom=_MARGIN_INCHES / along,
                                 top=1 - _MARGIN_INCHES / along)
         else:
-            fig, ax = plt.subplots(figsize=(along * 1.6, across * 0.7 + 2 * _MARGIN_INCHES))
+            fig, ax = plt.subplots(figsize=(along * _LAYER_STRETCH,
+                                            across * 0.7 + 2 * _MARGIN_INCHES))
     else:
         fig = ax.figure
-    box_w = _BOX_WIDTH if direction == "down" else _BOX_WIDTH * 1.6
-    box_h = _BOX_HEIGHT
+    box_w, box_h = geometry.box
 
-    for edge, route in zip(graph.edges, routes):
-        points = [to_xy(*point) for point in route]
-        start, end = points[0], points[-1]
-        if direction == "down":  # leave the bottom of the source box, enter the top of the target
-            points[0], points[-1] = (start[0], start[1] - box_h / 2), (end[0], end[1] + box_h / 2)
-        else:
-            points[0], points[-1] = (start[0] + box_w / 2, start[1]), (end[0] - box_w / 2, end[1])
-        xs, ys = zip(*points)
-        ax.plot(xs, ys, color="#555555", linewidth=0.8, zorder=1)
-        ax.annotate("", xy=points[-1], xytext=points[-2],
-                    arrowprops=dict(arrowstyle="-|>", color="#555555", linewidth=0.8,
-                                    shrinkA=0, shrinkB=0), zorder=1)
-        if edge.shape is not None:
-            (x0, y0), (x1, y1) = points[0], points[1]
-            ax.text((x0 + x1) / 2, (y0 + y1) / 2, _format_shape(edge.shape), fontsize=6,
+    for edge, path in zip(graph.edges, geometry.paths):
+        ax.add_patch(FancyArrowPatch(path=path, arrowstyle="-|>", mutation_scale=10,
+                                     color="#555555", linewidth=0.8, zorder=1))
+        if edge.shape is not None:  # in the first gap, the middle of the first curve
+            x, y = (path.vertices[0] + path.vertices[3]) / 2
+            ax.text(x, y, _format_shape(edge.shape), fontsize=6,
                     ha="center", va="center", color="#333333", zorder=2,
                     bbox=dict(boxstyle="round,pad=0.1", facecolor="white", edgecolor="none"))
 
-    for node, (lane, layer) in zip(graph.nodes, positions):
-        x, y = to_xy(lane, layer)
+    for node, (x, y) in zip(graph.nodes, geometry.centres):
         box = FancyBboxPatch((x - box_w / 2, y - box_h / 2), box_w, box_h,
                              boxstyle="round,pad=0.02,rounding_size=0.08",
                              facecolor=_COLOURS[_category(node)], edgecolor="#333333",
@@ -912,8 +1054,8 @@ def draw(graph: OpGraph, ax=None, direction: str = "down", show_flops: bool = Tr
             ax.text(x, y - 0.1, details, fontsize=6, ha="center", va="center",
                     color="#333333", zorder=4, linespacing=1.1)
 
-    every_point = [to_xy(*point) for route in routes for point in route]
-    every_point += [to_xy(lane, layer) for lane, layer in positions] or [(0.0, 0.0)]
+    every_point = [tuple(vertex) for path in geometry.paths for vertex in path.vertices]
+    every_point += geometry.centres or [(0.0, 0.0)]
     xs, ys = zip(*every_point)
     ax.set_xlim(min(xs) - box_w, max(xs) + box_w)
     ax.set_ylim(min(ys) - box_h * 1.5, max(ys) + box_h * 1.5)
