@@ -145,6 +145,120 @@ def test_every_angle_gets_a_gradient(layout):
 
 
 # ----------------------------------------------------------------------------
+# applying the gates step by step: no n x n tensors
+
+
+VECTORS = [(layout, n) for layout in LAYOUTS for n in sizes(layout, 16) if n >= 4] + [("x", 9)]
+
+
+@pytest.mark.parametrize("layout, n", VECTORS)
+def test_forward_on_few_vectors_applies_the_gates_to_them(layout, n):
+    """At most n vectors: the gates act on x itself; the result is still x @ W^T."""
+    orthogonal = layer(n, layout, seed=n)
+    x = torch.randn(2, n // 2, n, generator=generator(1), dtype=F64)  # n - 1 or n vectors
+    torch.testing.assert_close(orthogonal(x), x @ orthogonal.matrix().T, rtol=0, atol=1e-12)
+    torch.testing.assert_close(orthogonal(x[0, 0]), orthogonal.matrix() @ x[0, 0],
+                               rtol=0, atol=1e-12)  # a single vector (n,)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_forward_on_many_vectors_equals_forward_vector_by_vector(layout):
+    """More than n vectors go through W (the gates applied to the n unit vectors): the
+    same numbers, and the same gradients, as the gates applied to each vector."""
+    n = 8
+    x = torch.randn(5, 9, n, generator=generator(2), dtype=F64)  # 45 vectors > n
+    target = torch.randn(5, 9, n, generator=generator(3), dtype=F64)
+    at_once, one_by_one = layer(n, layout, seed=4), layer(n, layout, seed=4)
+    y = at_once(x)
+    y_rows = torch.stack([one_by_one(vector) for vector in x.reshape(-1, n)]).reshape(x.shape)
+    torch.testing.assert_close(y, y_rows, rtol=0, atol=1e-12)
+    (y * target).sum().backward()
+    (y_rows * target).sum().backward()
+    torch.testing.assert_close(at_once.angles.grad, one_by_one.angles.grad, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("layout, n", [("pyramid", 4), ("pyramid", 5), ("x", 5), ("x", 6),
+                                       ("butterfly", 4), ("butterfly", 8)])
+def test_gradcheck_of_forward_and_matrix(layout, n):
+    orthogonal = layer(n, layout, seed=n)
+    angles = orthogonal.angles.detach().clone().requires_grad_()
+
+    def forward(angles, x):
+        return torch.func.functional_call(orthogonal, {"angles": angles}, (x,))
+
+    few = torch.randn(2, n, generator=generator(5), dtype=F64, requires_grad=True)
+    many = torch.randn(n + 1, n, generator=generator(6), dtype=F64)
+    assert torch.autograd.gradcheck(forward, (angles, few))  # the gates act on x
+    assert torch.autograd.gradcheck(lambda a: forward(a, many), (angles,))  # through W
+    assert torch.autograd.gradcheck(lambda a: circuit_matrix(n, orthogonal.gates, a), (angles,))
+
+
+def buffer_bytes(module):
+    return sum(buffer.numel() * buffer.element_size() for buffer in module.buffers())
+
+
+def test_wide_x_layer_is_small_and_applies_to_a_batch():
+    """n = 1024, X layout: the old (depth, n, n) step matrices took 8.6 GB in float64;
+    now the buffers are the gates' wires, and autograd keeps a few numbers per gate
+    and vector, nothing of size n x n."""
+    n, rows = 1024, 8
+    orthogonal = layer(n, "x")
+    assert buffer_bytes(orthogonal) < 1_000_000  # 2 x 2045 wires x 8 bytes = 32 KB
+    x = torch.randn(rows, n, generator=generator(0), dtype=F64)
+    saved = []  # the sizes of what autograd keeps for the backward pass
+
+    def pack(tensor):
+        saved.append(tensor.numel())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        y = orthogonal(x)
+    assert y.shape == (rows, n)
+    torch.testing.assert_close(y.norm(dim=-1), x.norm(dim=-1), rtol=0, atol=1e-10)
+    assert max(saved) < n * n
+    assert sum(saved) < 10 * rows * orthogonal.n_parameters  # about 6 per gate and vector
+    (y * x).sum().backward()
+    assert torch.isfinite(orthogonal.angles.grad).all()
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_buffers_grow_with_the_gates_not_with_depth_times_n_squared(layout):
+    orthogonal = layer(64, layout)
+    assert buffer_bytes(orthogonal) == 2 * orthogonal.n_parameters * 8  # two wires per gate
+    assert list(orthogonal.state_dict()) == ["angles"]  # checkpoints hold the angles only
+
+
+def test_layer_follows_to_device_and_dtype():
+    """No tensor is made on the CPU behind the module's back: on the meta device
+    everything stays on the meta device; .to(dtype) keeps the wires integer."""
+    orthogonal = OrthogonalLayer(8, "x", device="meta")
+    assert all(t.device.type == "meta" for t in [*orthogonal.parameters(), *orthogonal.buffers()])
+    for rows in (3, 30):  # the gates on x, and through W
+        assert orthogonal(torch.randn(rows, 8, device="meta")).device.type == "meta"
+    assert orthogonal.matrix().device.type == "meta"
+    orthogonal = layer(8, "pyramid").to(torch.float32)
+    assert all(buffer.dtype == torch.long for buffer in orthogonal.buffers())
+    W = orthogonal.matrix()
+    assert W.dtype == torch.float32
+    torch.testing.assert_close(W @ W.T, torch.eye(8), rtol=0, atol=1e-5)
+
+
+def test_circuit_matrix_takes_any_grouping_of_the_gates_into_steps():
+    angles = torch.tensor([0.3, -1.2, 2.0, 0.7], dtype=F64)
+    steps = [[(0, 2), (1, 3)], [(0, 1), (2, 3)]]  # a butterfly on 4 wires
+    one_per_step = [[gate] for step in steps for gate in step]
+    with_empty_steps = [[], [(0, 2)], [], [(1, 3)], [(0, 1), (2, 3)], []]
+    W = circuit_matrix(4, steps, angles)
+    torch.testing.assert_close(circuit_matrix(4, one_per_step, angles), W, rtol=0, atol=1e-15)
+    torch.testing.assert_close(circuit_matrix(4, with_empty_steps, angles), W, rtol=0, atol=1e-15)
+    butterfly = layer(4, "butterfly")
+    assert butterfly.gates == steps
+    with torch.no_grad():
+        butterfly.angles.copy_(angles)
+    torch.testing.assert_close(butterfly.matrix(), W, rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------
 # brute force: 2^n state vectors
 
 

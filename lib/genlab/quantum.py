@@ -180,51 +180,42 @@ def _check_wires(n: int) -> None:
 
 
 # ----------------------------------------------------------------------------
-# a circuit as a product of time steps
+# applying a circuit, one time step at a time
 #
-# The gates of one time step touch disjoint wires, so the step is one
-# block-diagonal matrix: a 2x2 rotation on each gate's wires, 1 elsewhere.
-# All steps are written at once into a (depth, n, n) tensor by one scatter of
-# the cosines and sines, then multiplied pairwise (later @ earlier) in a
-# balanced tree: about log2(depth) batched matrix products instead of one
-# Python-level operation per gate, which keeps training fast.
+# The gates of one time step touch disjoint wires, so the step rotates the
+# pairs (x_i, x_j) of all its gates at once: one index_select gathers them,
+# the Givens formula rotates them, one index_copy writes them back; a Python
+# loop runs over the time steps, never over the gates.  Nothing of size n x n
+# is stored: the layout is one index tensor of 2 * n_gates wires, and autograd
+# keeps the pairs of every step before and after their rotation, a few numbers
+# per gate and vector (..., 6 * n_gates) instead of a (depth, n, n) tensor.
 
 
-def _step_entries(n: int, steps: list[list[Gate]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Where the angles go: ``(base, index)``.
+def _circuit_wires(steps: list[list[Gate]], device=None) -> torch.Tensor:
+    """The wires of every gate, (2 * n_gates,): step by step, the i of each of
+    the step's gates, then the j of each, gates in circuit order."""
+    wires = [wire for step in steps for wire in [i for i, _ in step] + [j for _, j in step]]
+    return torch.tensor(wires, dtype=torch.long, device=device)
 
-    base (depth, n, n): the identity per step with the diagonal of every
-    gated wire zeroed; index (3, 4 * n_gates): (step, row, column) of the
-    entries (i, i), (j, j), (j, i), (i, j) of every gate, in circuit order.
+
+def _apply_circuit(x: torch.Tensor, wires: torch.Tensor, step_sizes: list[int],
+                   angles: torch.Tensor) -> torch.Tensor:
+    """G_last ... G_first applied to every vector of x (..., n): (..., n).
+
+    ``wires`` as from ``_circuit_wires``; ``step_sizes``: gates per time step;
+    ``angles`` (n_gates,) in circuit order.
     """
-    base = torch.eye(n, dtype=torch.float64).repeat(len(steps), 1, 1)  # (depth, n, n)
-    step_of, wire_i, wire_j = [], [], []
-    for t, step in enumerate(steps):
-        for i, j in step:
-            step_of.append(t)
-            wire_i.append(i)
-            wire_j.append(j)
-            base[t, i, i] = base[t, j, j] = 0.0
-    step_of, wire_i, wire_j = (torch.tensor(v, dtype=torch.long) for v in (step_of, wire_i, wire_j))
-    index = torch.stack([step_of.repeat(4),
-                         torch.cat([wire_i, wire_j, wire_j, wire_i]),   # rows
-                         torch.cat([wire_i, wire_j, wire_i, wire_j])])  # columns
-    return base, index
-
-
-def _circuit_from_entries(base: torch.Tensor, index: torch.Tensor,
-                          angles: torch.Tensor) -> torch.Tensor:
-    """W = S_last ... S_first from the step layout and the angles (n_gates,)."""
-    cos, sin = torch.cos(angles), torch.sin(angles)  # (n_gates,)
-    # G e_i = cos e_i + sin e_j and G e_j = -sin e_i + cos e_j
-    values = torch.cat([cos, cos, sin, -sin])  # entries (i, i), (j, j), (j, i), (i, j)
-    steps = base.to(angles.dtype).index_put(tuple(index), values)  # (depth, n, n)
-    while steps.size(0) > 1:
-        if steps.size(0) % 2:  # pad with an identity step at the end
-            identity = torch.eye(steps.size(-1), dtype=steps.dtype, device=steps.device)
-            steps = torch.cat([steps, identity[None]])
-        steps = steps[1::2] @ steps[0::2]  # (depth/2, n, n): later step @ earlier step
-    return steps[0]  # (n, n)
+    # G e_i = cos e_i + sin e_j and G e_j = -sin e_i + cos e_j, so a gate maps
+    # (x_i, x_j) to cos (x_i, x_j) + (-sin, sin) (x_j, x_i)
+    sin = torch.sin(angles)  # (n_gates,)
+    cos = torch.cos(angles).split(step_sizes)  # per step: (g,)
+    signed_sin = torch.stack([-sin, sin]).split(step_sizes, dim=-1)  # per step: (2, g)
+    step_wires = wires.split([2 * size for size in step_sizes])  # per step: (2g,)
+    for c, s, wires_now in zip(cos, signed_sin, step_wires):
+        pairs = x.index_select(-1, wires_now).unflatten(-1, (2, c.numel()))  # (..., 2, g)
+        rotated = c * pairs + s * pairs.flip(-2)  # (..., 2, g): new x_i's, new x_j's
+        x = x.index_copy(-1, wires_now, rotated.flatten(-2))  # (..., n)
+    return x
 
 
 def circuit_matrix(n: int, steps: list[list[Gate]], angles: torch.Tensor) -> torch.Tensor:
@@ -233,8 +224,10 @@ def circuit_matrix(n: int, steps: list[list[Gate]], angles: torch.Tensor) -> tor
     n_gates = sum(len(step) for step in steps)
     if angles.shape != (n_gates,):
         raise ValueError(f"expected {n_gates} angles, got shape {tuple(angles.shape)}")
-    base, index = _step_entries(n, steps)
-    return _circuit_from_entries(base.to(angles.device), index.to(angles.device), angles)
+    identity = torch.eye(n, dtype=angles.dtype, device=angles.device)
+    wires = _circuit_wires(steps, device=angles.device)
+    rows = _apply_circuit(identity, wires, [len(step) for step in steps], angles)  # row i: W e_i
+    return rows.T  # (n, n)
 
 
 class OrthogonalLayer(nn.Module):
@@ -256,9 +249,8 @@ class OrthogonalLayer(nn.Module):
         initial = (torch.rand(n_gates, generator=generator, dtype=torch.float64) * 2 - 1) * math.pi
         dtype = dtype or torch.get_default_dtype()
         self.angles = nn.Parameter(initial.to(device=device, dtype=dtype))
-        base, index = _step_entries(n, self.gates)
-        self.register_buffer("_step_base", base.to(device=device, dtype=dtype), persistent=False)
-        self.register_buffer("_step_index", index.to(device=device), persistent=False)
+        self._step_sizes = [len(step) for step in self.gates]
+        self.register_buffer("_wires", _circuit_wires(self.gates, device=device), persistent=False)
 
     @property
     def n_parameters(self) -> int:
@@ -275,10 +267,21 @@ class OrthogonalLayer(nn.Module):
 
     def matrix(self) -> torch.Tensor:
         """W (n, n): column i is the circuit's output on the unary state |e_i>."""
-        return _circuit_from_entries(self._step_base, self._step_index, self.angles)
+        identity = torch.eye(self.n, dtype=self.angles.dtype, device=self.angles.device)
+        rows = _apply_circuit(identity, self._wires, self._step_sizes, self.angles)  # row i: W e_i
+        return rows.T  # (n, n)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ self.matrix().T  # (..., n)
+        """x @ W^T for x (..., n).
+
+        At most n vectors: the gates act on x itself and W is never formed
+        (autograd keeps a few numbers per gate and vector).  More than n
+        vectors: the gates act on the n unit vectors instead (``matrix()``)
+        and W multiplies x, which moves fewer numbers through the gates.
+        """
+        if x.numel() > self.n * self.n:  # more vectors than wires
+            return x @ self.matrix().T  # (..., n)
+        return _apply_circuit(x, self._wires, self._step_sizes, self.angles)  # (..., n)
 
     def extra_repr(self) -> str:
         return (f"n={self.n}, layout={self.layout!r}, parameters={self.n_parameters}, "
