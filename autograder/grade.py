@@ -45,7 +45,7 @@ from autograder import references as refs
 from autograder import spec as spec_module
 from autograder.course import REPO, generate_release, nbgrader_config, nbgrader_environment
 from autograder.sandbox import Limits, Sandbox
-from genlab.checks import Case, judge, write_npz
+from genlab.checks import Case, judge, resolve, write_npz
 
 RECORDER_LINE = ("record_outputs = __import__('genlab.checks', fromlist=['Recorder'])"
                  ".Recorder({path!r})  # added by the autograder\n")
@@ -133,33 +133,96 @@ def _parse(source: str):
         return None
 
 
+def _bindings(trees) -> tuple[dict[str, str], set[str]]:
+    """What the student's cells bind at top level: imported names -> the dotted path they
+    stand for (``import torch.nn.functional as F``: F -> torch.nn.functional; ``from
+    genlab.graphs import trace``: trace -> genlab.graphs.trace), and the names the student
+    defines (``def``, ``class``, assignments)."""
+    imported: dict[str, str] = {}
+    defined: set[str] = set()
+    for tree in trees:
+        for node in tree.body:
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.asname:
+                        imported[alias.asname] = alias.name
+                    else:
+                        top = alias.name.split(".")[0]
+                        imported[top] = top
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                for alias in node.names:
+                    imported[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                defined.add(node.name)
+            elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                defined.update(t.id for t in targets if isinstance(t, ast.Name))
+    return imported, defined
+
+
+def _dotted(node: ast.AST, imported: dict[str, str]) -> str | None:
+    """``F.scaled_dot_product_attention`` -> 'torch.nn.functional.scaled_dot_product_attention'
+    when its base name is an import; None when the base is anything else (a local
+    variable, a call's result: ``fx.Tracer().trace`` is not ``genlab.graphs.trace``)."""
+    attributes = []
+    while isinstance(node, ast.Attribute):
+        attributes.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name) or node.id not in imported:
+        return None
+    return ".".join([imported[node.id], *reversed(attributes)])
+
+
 def forbidden_in_source(nb, function: str, forbidden: list[str]) -> set[str]:
-    """Forbidden calls named in the student's definition of ``function``: attributes or
-    ``getattr`` strings with a forbidden name, or names imported from a forbidden place."""
+    """Forbidden calls named in the student's definition of ``function``: a name or an
+    attribute chain that resolves through the student's imports to a forbidden name, or a
+    ``getattr`` string equal to a forbidden name's last part.  A name the student defines
+    themselves (``def filter_logits``) is theirs, even if an import of the same name came
+    first.  Calls through anything else (methods of objects, local aliases) are left to the
+    run-time ``CallTracer``, which sees what actually runs."""
     if not forbidden:
         return set()
+    forbidden = set(forbidden)
     last = {name.rsplit(".", 1)[-1]: name for name in forbidden}
     trees = [t for t in (_parse(c.source) for c in nb.cells if _is_student_cell(c)) if t]
-    imported: dict[str, str] = {}  # local name -> forbidden dotted name
-    for tree in trees:
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module:
-                for alias in node.names:
-                    full = f"{node.module}.{alias.name}"
-                    if full in forbidden or (alias.name in last and node.module.split(".")[0] in ("torch", "genlab")):
-                        imported[alias.asname or alias.name] = last.get(alias.name, full)
+    imported, defined = _bindings(trees)
+    imported = {local: path for local, path in imported.items() if local not in defined}
+
+    by_object = {}  # the forbidden callables themselves, to recognise them under other names
+    for name in forbidden:
+        try:
+            by_object[id(resolve(name))] = name
+        except (ImportError, AttributeError):
+            pass
+
+    def resolves(path: str | None) -> str | None:
+        if path is None or path in forbidden:
+            return path
+        # the same object under another path: `from torch.nn import functional as F`, or a
+        # name genlab re-exports (genlab.decoder.causal_mask is genlab.masks.causal_mask)
+        if path.split(".")[0] not in ("torch", "genlab") or path.rsplit(".", 1)[-1] not in last:
+            return None
+        try:
+            return by_object.get(id(resolve(path)))
+        except (ImportError, AttributeError):
+            return None
+
     found = set()
     for tree in trees:
         for node in ast.walk(tree):
             if not (isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name == function):
                 continue
             for inner in ast.walk(node):
-                if isinstance(inner, ast.Attribute) and inner.attr in last:
-                    found.add(last[inner.attr])
-                elif isinstance(inner, ast.Name) and inner.id in imported:
-                    found.add(imported[inner.id])
-                elif isinstance(inner, ast.Constant) and isinstance(inner.value, str) and inner.value in last:
-                    found.add(last[inner.value])
+                if isinstance(inner, ast.Attribute):
+                    hit = resolves(_dotted(inner, imported))
+                elif isinstance(inner, ast.Name):
+                    hit = resolves(imported.get(inner.id))
+                elif isinstance(inner, ast.Constant) and isinstance(inner.value, str):
+                    hit = last.get(inner.value)
+                else:
+                    hit = None
+                if hit:
+                    found.add(hit)
     return found
 
 

@@ -47,7 +47,7 @@ def test_shape_dtype_nan_and_value_messages():
     off = expected.copy()
     off[0, 1, 2] = 0.5
     message = compare_array(off, expected, CLOSE, "output")
-    assert "largest error 0.5 at [0, 1, 2]" in message
+    assert "differs at [0, 1, 2]: error 0.5, allowed 1e-06 (got 0.5, expected 0;" in message
     assert compare_array(expected + 1e-7, expected, CLOSE, "output") is None
     assert "torch.bool" in compare_array(np.ones((2, 2), np.int64), np.ones((2, 2), bool), EXACT, "mask")
 
@@ -176,3 +176,40 @@ def test_the_readme_examples_are_what_the_public_checks_print():
     readme = (REPO / "README.md").read_text()
     [example] = re.findall(r"```\n(causal_mask: .*?)\n```", readme, flags=re.S)
     assert example.splitlines() == printed
+
+
+def test_the_reported_entry_is_the_one_furthest_outside_its_tolerance():
+    """A large value with a large but allowed error is not the entry to blame."""
+    rule = Rule(rtol=1e-3, atol=1e-6)
+    expected = np.array([1000.0, 1.0], dtype=np.float32)
+    got = np.array([1000.5, 1.01], dtype=np.float32)  # 0.5 is within 1e-3 * 1000; 0.01 is not
+    message = compare_array(got, expected, rule, "output")
+    assert "differs at [1]: error 0.01, allowed 0.001" in message
+
+
+def test_values_that_differ_print_differently_and_float32_steps_are_named():
+    expected = np.array([-0.8073820012345678])
+    got = expected * (1 + 3e-8)  # what a float32 1/sqrt(d) does to a float64 result
+    message = compare_array(got, expected, Rule(rtol=1e-9, atol=1e-10), "output")
+    assert "got -0.8073820255, expected -0.8073820012" in message
+    assert "torch.sqrt(torch.tensor(d)) is float32" in message
+    big = compare_array(expected + 0.1, expected, Rule(rtol=1e-9, atol=1e-10), "output")
+    assert "float32" not in big, "a real error is not blamed on precision"
+
+
+def test_scalar_outputs_have_no_index_and_numpy_scalars_are_numbers():
+    message = compare_array(np.asarray(6320), np.asarray(6656), EXACT, "flops")
+    assert message == "`flops` differs: got 6320, expected 6656"
+    assert outputs_as_arrays((np.int64(3), np.float32(0.5), np.bool_(True), 7)) == [3, 0.5, True, 7]
+
+    class Sneaky(np.int64):  # a numpy subclass may lie about itself: refused as before
+        pass
+
+    with pytest.raises(Exception, match="expected a torch.Tensor, a numpy array or a Python number"):
+        outputs_as_arrays(Sneaky(3))
+
+
+def test_object_arrays_are_refused_with_a_message_not_a_crash(tmp_path):
+    labels = np.array(["matmul", "softmax"], dtype=object)
+    outputs, error = run_case(lambda: labels, Case(inputs={}))
+    assert outputs == [] and "dtype object" in error and "np.array(labels) of str" in error

@@ -170,3 +170,48 @@ def test_unsandboxed_grading_says_so(tmp_path):
     assert results["score"] == MAX
     assert "WITHOUT a sandbox" in results["output"]
     shutil.rmtree(out)
+
+
+def _student_notebook(*sources):
+    import nbformat
+
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [nbformat.v4.new_code_cell(source) for source in sources]
+    return notebook
+
+
+def test_the_source_scan_flags_forbidden_names_and_only_those():
+    """The static half of the forbidden-call check (the run-time tracer is the other half):
+    names and attribute chains are resolved through the student's imports."""
+    from autograder.grade import forbidden_in_source
+
+    SDPA = "torch.nn.functional.scaled_dot_product_attention"
+    TRACE = "genlab.graphs.trace"
+
+    def scan(function, forbidden, *cells):
+        return forbidden_in_source(_student_notebook(*cells), function, list(forbidden))
+
+    # forbidden, under every spelling that resolves to it
+    assert scan("f", [SDPA], "import torch.nn.functional as F",
+                "def f(q, k, v):\n    return F.scaled_dot_product_attention(q, k, v)") == {SDPA}
+    assert scan("f", [SDPA], "from torch.nn import functional",
+                "def f(q):\n    return functional.scaled_dot_product_attention(q, q, q)") == {SDPA}
+    assert scan("f", [SDPA], "from torch.nn.functional import scaled_dot_product_attention as a",
+                "def f(q):\n    return a(q, q, q)") == {SDPA}
+    assert scan("f", [SDPA], "import torch",
+                "def f(q):\n    return torch.nn.functional.scaled_dot_product_attention(q, q, q)") == {SDPA}
+    assert scan("f", ["genlab.masks.causal_mask"], "from genlab import plots",
+                "def f(T):\n    return plots.causal_mask(T)") == {"genlab.masks.causal_mask"}, \
+        "a re-export of the same function is the same function"
+    assert scan("f", [SDPA], "import torch.nn.functional as F",
+                "def f(q):\n    return getattr(F, 'scaled_dot_product_attention')(q, q, q)") == {SDPA}
+
+    # not forbidden: another object with the same last name, or the student's own function
+    assert scan("block_graph", [TRACE], "import torch.fx as fx",
+                "def block_graph(m):\n    return fx.Tracer().trace(m)") == set()
+    assert scan("block_flops", [TRACE], "import torch",
+                "def block_flops(x):\n    return torch.trace(x)") == set()
+    assert scan("sample", ["genlab.decoder.filter_logits"],
+                "from genlab.decoder import filter_logits",
+                "def filter_logits(logits, temperature=1.0):\n    return logits / temperature",
+                "def sample(logits):\n    return filter_logits(logits).argmax(-1)") == set()

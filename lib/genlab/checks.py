@@ -250,10 +250,19 @@ def _to_array(value: Any, where: str) -> np.ndarray:
                 plain = plain.float()
             return np.array(torch.Tensor.numpy(plain), copy=True)
     if type(value) is np.ndarray:
+        if value.dtype.hasobject:
+            raise ReturnTypeError(f"{where} is an array of Python objects (dtype object); "
+                                  "return numbers or strings, e.g. np.array(labels) of str")
         return np.array(value, copy=True)
-    if type(value) in (bool, int, float):
+    if type(value) in (bool, int, float) or _is_numpy_scalar(value):
         return np.asarray(value)
-    raise ReturnTypeError(f"{where} is a {type(value).__name__}, expected a torch.Tensor")
+    raise ReturnTypeError(f"{where} is a {type(value).__name__}, expected a torch.Tensor, "
+                          "a numpy array or a Python number")
+
+
+def _is_numpy_scalar(value: Any) -> bool:
+    """np.int64(3), np.float32(0.5), np.bool_(True): numpy's own scalar types, not subclasses."""
+    return type(value).__module__ == "numpy" and isinstance(value, (np.bool_, np.number))
 
 
 def outputs_as_arrays(result: Any) -> list[np.ndarray]:
@@ -306,6 +315,20 @@ def _index(idx) -> str:
     return "[" + ", ".join(str(int(i)) for i in idx) + "]"
 
 
+def _at(idx) -> str:
+    """' at [1, 2]' for an entry of an array; nothing for a scalar output."""
+    return f" at {_index(idx)}" if len(idx) else ""
+
+
+def _pair(got, expected) -> str:
+    """'got a, expected b' with as many digits as it takes for the two to print differently."""
+    for digits in (6, 10, 17):
+        a, b = f"{got:.{digits}g}", f"{expected:.{digits}g}"
+        if a != b:
+            break
+    return f"got {a}, expected {b}"
+
+
 # Boolean outputs that are attention masks (True = may attend), explained in those words;
 # any other boolean output is reported by its first differing entry.
 ATTENTION_MASK_OUTPUTS = ("mask", "dependence")
@@ -348,7 +371,7 @@ def compare_array(got: np.ndarray, expected: np.ndarray, tol: Rule, name: str) -
             if attention_words:
                 return _mask_difference(got, expected)
             idx = tuple(np.argwhere(got != expected)[0])
-            return f"`{name}` differs at {_index(idx)}: got {got[idx]}, expected {expected[idx]}"
+            return f"`{name}` differs{_at(idx)}: got {got[idx]}, expected {expected[idx]}"
         return None
     if got.dtype.kind != expected.dtype.kind or (
             expected.dtype.kind == "f" and got.dtype != expected.dtype):
@@ -356,7 +379,7 @@ def compare_array(got: np.ndarray, expected: np.ndarray, tol: Rule, name: str) -
     if tol.compare == "exact" or expected.dtype.kind in "iub":
         if not np.array_equal(got, expected):
             idx = tuple(np.argwhere(got != expected)[0])
-            return f"`{name}` differs at {_index(idx)}: got {got[idx]}, expected {expected[idx]}"
+            return f"`{name}` differs{_at(idx)}: got {got[idx]}, expected {expected[idx]}"
         return None
     bad_nan = np.isnan(got) & ~np.isnan(expected)
     if bad_nan.any():
@@ -368,11 +391,28 @@ def compare_array(got: np.ndarray, expected: np.ndarray, tol: Rule, name: str) -
         with np.errstate(invalid="ignore"):  # -inf - -inf
             err = np.abs(got.astype(np.float64) - expected)
         err = np.where(got == expected, 0.0, np.where(np.isnan(err), np.inf, err))
-        idx = tuple(np.unravel_index(np.argmax(err), err.shape))
-        return (f"`{name}` differs: largest error {err[idx]:.3g} at {_index(idx)} "
-                f"(got {got[idx]:.6g}, expected {expected[idx]:.6g}; "
-                f"tolerance rtol={tol.rtol:g}, atol={tol.atol:g})")
+        # the entry furthest outside its tolerance (not merely the largest error, which
+        # may sit at a large value where the relative tolerance allows it)
+        allowed = tol.atol + tol.rtol * np.abs(expected.astype(np.float64))
+        with np.errstate(invalid="ignore"):
+            excess = np.where(np.isfinite(allowed), err - allowed, np.inf)
+        idx = tuple(np.unravel_index(np.argmax(excess), excess.shape))
+        return (f"`{name}` differs{_at(idx)}: error {err[idx]:.3g}, allowed {allowed[idx]:.3g} "
+                f"({_pair(got[idx], expected[idx])}; tolerance rtol={tol.rtol:g}, atol={tol.atol:g})"
+                + _float32_hint(err, expected))
     return None
+
+
+def _float32_hint(err: np.ndarray, expected: np.ndarray) -> str:
+    """A float64 case whose errors are all of float32 size: say where such errors come from."""
+    if expected.dtype != np.float64 or not np.isfinite(err).all():
+        return ""
+    relative = err / np.maximum(np.abs(expected), np.finfo(np.float64).tiny)
+    if relative.max() < 1e-5:
+        return (". Errors this small in a float64 case come from a float32 step: a constant "
+                "such as torch.sqrt(torch.tensor(d)) is float32; use math.sqrt(d) or the "
+                "input's dtype")
+    return ""
 
 
 def compare_outputs(got: list[np.ndarray], case: Case, tol: Rule) -> str | None:
