@@ -213,3 +213,26 @@ def test_object_arrays_are_refused_with_a_message_not_a_crash(tmp_path):
     labels = np.array(["matmul", "softmax"], dtype=object)
     outputs, error = run_case(lambda: labels, Case(inputs={}))
     assert outputs == [] and "dtype object" in error and "np.array(labels) of str" in error
+
+
+def test_infinite_entries_that_agree_are_never_the_ones_blamed():
+    expected = np.array([[-np.inf, 0.5, 1.0]], dtype=np.float32)
+    got = np.array([[-np.inf, 0.9, 1.0]], dtype=np.float32)
+    message = compare_array(got, expected, CLOSE, "filtered")
+    assert "differs at [0, 1]" in message and "got 0.9" in message
+    assert "differs at [0, 0]" in compare_array(np.array([[0.0, 0.5, 1.0]], dtype=np.float32),
+                                               expected, CLOSE, "filtered")
+
+
+def test_a_persistent_buffer_is_called_a_buffer():
+    from genlab.checks import _buffer_hint
+
+    class Attention(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c_attn = torch.nn.Linear(4, 12)
+            self.register_buffer("bias", torch.ones(4, 4).tril())
+
+    hint = _buffer_hint(Attention(), ["bias"])
+    assert "bias is a buffer" in hint and "persistent=False" in hint
+    assert _buffer_hint(Attention(), ["c_attn.extra"]) == ""

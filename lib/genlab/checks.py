@@ -199,6 +199,16 @@ class StateDictError(ValueError):
     pass
 
 
+def _buffer_hint(module: torch.nn.Module, unexpected: list[str]) -> str:
+    """Unexpected state-dict entries that are buffers (a causal mask, say), not parameters."""
+    buffers = {name for name, _ in module.named_buffers()}
+    extra = [name for name in unexpected if name in buffers]
+    if not extra:
+        return ""
+    return (f" ({', '.join(extra[:3])} {'is a buffer' if len(extra) == 1 else 'are buffers'}: "
+            "register it with persistent=False, or build it in forward)")
+
+
 def build_module(cls: Callable, inputs: dict[str, np.ndarray], device="cpu") -> torch.nn.Module:
     """``cls(config)`` with the case's weights loaded: how a module (a class the student
     writes, with HF parameter names) is called on fixed tiny weights."""
@@ -215,7 +225,8 @@ def build_module(cls: Callable, inputs: dict[str, np.ndarray], device="cpu") -> 
             "your module's parameter names differ from the expected (HF) names: "
             + (f"missing {missing[:6]}" if missing else "")
             + ("; " if missing and unexpected else "")
-            + (f"unexpected {unexpected[:6]}" if unexpected else ""))
+            + (f"unexpected {unexpected[:6]}" if unexpected else "")
+            + _buffer_hint(module, unexpected))
     for name, value in state.items():
         if own[name].shape != value.shape:
             raise StateDictError(f"parameter `{name}` has shape {tuple(own[name].shape)}, "
@@ -281,7 +292,7 @@ def short_error(exc: BaseException) -> str:
               or f.filename.startswith("/tmp/ipykernel")]
     where = f" (line {frames[-1].lineno} of your code: {frames[-1].line})" if frames else ""
     text = f"{type(exc).__name__}: {exc}"
-    return (text[:300] + "...") if len(text) > 300 else text + where
+    return ((text[:300] + "...") if len(text) > 300 else text) + where
 
 
 def run_case(fn: Callable, case: Case) -> tuple[list[np.ndarray], str | None]:
@@ -394,8 +405,8 @@ def compare_array(got: np.ndarray, expected: np.ndarray, tol: Rule, name: str) -
         # the entry furthest outside its tolerance (not merely the largest error, which
         # may sit at a large value where the relative tolerance allows it)
         allowed = tol.atol + tol.rtol * np.abs(expected.astype(np.float64))
-        with np.errstate(invalid="ignore"):
-            excess = np.where(np.isfinite(allowed), err - allowed, np.inf)
+        with np.errstate(invalid="ignore"):  # inf - inf
+            excess = np.where(err == 0, -np.inf, np.where(np.isinf(err), np.inf, err - allowed))
         idx = tuple(np.unravel_index(np.argmax(excess), excess.shape))
         return (f"`{name}` differs{_at(idx)}: error {err[idx]:.3g}, allowed {allowed[idx]:.3g} "
                 f"({_pair(got[idx], expected[idx])}; tolerance rtol={tol.rtol:g}, atol={tol.atol:g})"
