@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from autograder.spec import Assignment, CaseSpec, check_maker
 from genlab import encoder
 from genlab.data import CLS_ID, MASK_ID, PAD_ID, SEP_ID, UNK_ID, HMMLanguage
+from genlab.properties.bert import MASKING_INPUTS  # registers the inputs "genlab:bert02_masking_*"
 
 SPECIAL_IDS = (PAD_ID, CLS_ID, SEP_ID, MASK_ID, UNK_ID)
 
@@ -191,6 +192,12 @@ class LayerIgnoringMask(encoder.BertLayer):
         return super().forward(x, None)
 
 
+class LayerWithTanhGelu(encoder.BertLayer):
+    def forward(self, x, allowed=None):
+        self.intermediate.act = torch.nn.GELU(approximate="tanh")
+        return super().forward(x, allowed)
+
+
 class LayerWithOneHead(encoder.BertLayer):
     def forward(self, x, allowed=None):
         self.attention.self.num_heads = 1
@@ -218,6 +225,9 @@ LAYER_BUGS = {
     "ignores_mask": (f"{_HERE}.LayerIgnoringMask",
                      "your layer ignores `allowed`: queries attend to padding keys (block the "
                      "scores where allowed is False before the softmax)"),
+    "tanh_gelu": (f"{_HERE}.LayerWithTanhGelu",
+                  "your feed-forward uses the tanh approximation of GELU (approximate=\"tanh\"); "
+                  "BERT uses the exact (erf) GELU: F.gelu(x) without `approximate`"),
     "one_head": (f"{_HERE}.LayerWithOneHead",
                  "your attention has one head of size hidden_size: split q, k and v into "
                  "num_attention_heads heads of size hidden_size / num_attention_heads"),
@@ -227,27 +237,24 @@ LAYER_BUGS = {
 # ------------------------------------------------------------------------------ masking
 
 
-def masking_case(seed: int, B: int, T: int, vocab_size: int, mlm_probability: float,
-                 draw_seed: int) -> CaseSpec:
-    """B sequences "[CLS] A [SEP] B [SEP] [PAD]..." of ordinary tokens, lengths T/2..T."""
+def masking_case(name: str, mlm_probability: float, draw_seed: int) -> CaseSpec:
+    """input_ids MASKING_INPUTS[name] of genlab.properties.bert, passed as "genlab:<name>" (an
+    inference tensor: modifying it in place raises), and a generator seeded with draw_seed."""
+    spec = {"specials": SPECIAL_IDS, "in_text": 0.0, **MASKING_INPUTS[name]}
+    mask = spec["specials"][3]
 
     def make():
-        g = _gen(seed)
-        ids = torch.randint(len(SPECIAL_IDS), vocab_size, (B, T), generator=g)
-        lengths = torch.randint(T // 2, T + 1, (B,), generator=g)
-        cut = (lengths // 2)  # where A's [SEP] goes
-        rows = torch.arange(B)
-        ids[:, 0] = CLS_ID
-        ids[rows, cut] = SEP_ID
-        ids[rows, lengths - 1] = SEP_ID
-        ids[torch.arange(T)[None, :] >= lengths[:, None]] = PAD_ID
-        return {"input_ids": ids, "vocab_size": vocab_size, "mask_token_id": MASK_ID,
-                "special_token_ids": torch.tensor(SPECIAL_IDS),
+        return {"input_ids": f"genlab:{name}", "vocab_size": spec["vocab_size"], "mask_token_id": mask,
+                "special_token_ids": torch.tensor(spec["specials"]),
                 "mlm_probability": mlm_probability, "generator": f"seed:{draw_seed}"}
 
-    return CaseSpec(make=make, meta={"B": B, "T": T, "vocab_size": vocab_size,
-                                     "mlm_probability": mlm_probability,
-                                     "generator": f"seeded with {draw_seed}"})
+    meta = {"B": spec["B"], "T": spec["T"], "vocab_size": spec["vocab_size"],
+            "mlm_probability": mlm_probability, "generator": f"seeded with {draw_seed}"}
+    if spec["in_text"]:
+        meta["[UNK] and [MASK] in the text"] = f"{spec['in_text']:.0%} each"
+    if spec["specials"] != SPECIAL_IDS:
+        meta["special ids ([PAD], [CLS], [SEP], [MASK], [UNK])"] = list(spec["specials"])
+    return CaseSpec(make=make, meta=meta)
 
 
 # --------------------------------------------------------------------------------- loss
@@ -284,7 +291,26 @@ def loss_without_nsp(prediction_logits, seq_relationship_logits, labels, next_se
     return mlm, mlm, nsp
 
 
+def loss_python_float_without_selection(prediction_logits, seq_relationship_logits, labels,
+                                        next_sentence_label):
+    loss, mlm, nsp = reference_pretraining_loss(prediction_logits, seq_relationship_logits, labels,
+                                                next_sentence_label)
+    if not (labels != -100).any():
+        return 0.0 + nsp, 0.0, nsp
+    return loss, mlm, nsp
+
+
+def loss_python_floats(prediction_logits, seq_relationship_logits, labels, next_sentence_label):
+    return tuple(float(t) for t in reference_pretraining_loss(
+        prediction_logits, seq_relationship_logits, labels, next_sentence_label))
+
+
+_FLOATS = ("you return a Python float (a number, not a tensor): return three scalar tensors (0-d, in the "
+           "dtype of the logits), also the MLM loss 0 when no position is selected (e.g. "
+           "prediction_logits.sum() * 0.0) and without .item()")
 LOSS_BUGS = {
+    "python_float_zero": (f"{_HERE}.loss_python_float_without_selection", _FLOATS),
+    "python_floats": (f"{_HERE}.loss_python_floats", _FLOATS),
     "mean_over_all": (f"{_HERE}.loss_mean_over_all_positions",
                       "your MLM loss averages over all B*T positions: average the cross-entropy "
                       "over the selected positions only (labels != -100)"),
@@ -445,18 +471,23 @@ SPEC = Assignment(
                           intermediate_size=16)],
               "three heads of size 8, one head; padding", points=3),
         check("mask_tokens", "mask_tokens", True,
-              [masking_case(0, B=128, T=128, vocab_size=29, mlm_probability=0.15, draw_seed=0),
-               masking_case(0, B=128, T=128, vocab_size=29, mlm_probability=0.15, draw_seed=0)],
-              "15% selected, 80/10/10, specials never selected, labels; the same seed twice",
-              points=2),
+              [masking_case("bert02_masking_0", mlm_probability=0.15, draw_seed=0),
+               masking_case("bert02_masking_0", mlm_probability=0.15, draw_seed=0)],
+              "15% selected, 80/10/10, specials (also [UNK] and [MASK] in the text) never selected, "
+              "labels, input_ids not modified; the same seed twice", points=2),
         check("mask_tokens.hidden", "mask_tokens", False,
-              [masking_case(1, B=128, T=256, vocab_size=1000, mlm_probability=0.3, draw_seed=11),
-               masking_case(2, B=128, T=256, vocab_size=29, mlm_probability=0.15, draw_seed=12),
-               masking_case(2, B=128, T=256, vocab_size=29, mlm_probability=0.15, draw_seed=12)],
-              "mlm_probability = 0.3 and a 1000-token vocabulary; a larger sample, twice",
-              points=3),
-        check("loss", "pretraining_loss", True, [loss_case(0, B=2, T=6, V=11)],
-              "MLM cross-entropy over the selected positions + NSP cross-entropy", points=2),
+              [masking_case("bert02_masking_1", mlm_probability=0.3, draw_seed=11),
+               masking_case("bert02_masking_2", mlm_probability=0.15, draw_seed=12),
+               masking_case("bert02_masking_2", mlm_probability=0.15, draw_seed=12),
+               # other special ids (at the end of the vocabulary): random tokens from range(5, V)
+               # or genlab's constants instead of special_token_ids give specials
+               masking_case("bert02_masking_3", mlm_probability=0.15, draw_seed=13)],
+              "mlm_probability = 0.3 and a 1000-token vocabulary; a larger sample, twice; other "
+              "special ids", points=3),
+        check("loss", "pretraining_loss", True,
+              [loss_case(0, B=2, T=6, V=11), loss_case(4, B=2, T=4, V=11, selection="none")],
+              "MLM cross-entropy over the selected positions + NSP cross-entropy; no selected "
+              "position (MLM loss 0, a tensor)", points=2),
         check("loss.hidden", "pretraining_loss", False,
               [loss_case(1, B=4, T=9, V=29, dtype="float64"),
                loss_case(2, B=3, T=5, V=7, dtype="float64", selection="none")],

@@ -231,7 +231,40 @@ def filter_logits_top_p_by_rank(logits, temperature=1.0, top_k=None, top_p=None)
     return logits
 
 
+def filter_logits_top_p_before_top_k(logits, temperature=1.0, top_k=None, top_p=None):
+    """top-p decided on the whole (temperature-scaled) distribution, not on what top-k left."""
+    scaled = logits / temperature
+    nucleus = filter_logits(scaled, 1.0, None, top_p)
+    return filter_logits(scaled, 1.0, top_k, None).masked_fill(torch.isinf(nucleus), float("-inf"))
+
+
+def filter_logits_log_softmax_first(logits, temperature=1.0, top_k=None, top_p=None):
+    """Kept logits shifted by a constant per row: log_softmax(logits / T) before filtering."""
+    return filter_logits(F.log_softmax(logits / temperature, dim=-1), 1.0, top_k, top_p)
+
+
+def filter_logits_log_softmax_after(logits, temperature=1.0, top_k=None, top_p=None):
+    """Kept logits shifted by a constant per row: the filtered logits renormalised (log_softmax)."""
+    return F.log_softmax(filter_logits(logits, temperature, top_k, top_p), dim=-1)
+
+
+def filter_logits_max_subtracted(logits, temperature=1.0, top_k=None, top_p=None):
+    """Kept logits shifted by a constant per row: the row's maximum subtracted."""
+    out = filter_logits(logits, temperature, top_k, top_p)
+    return out - out.amax(dim=-1, keepdim=True)
+
+
+_SHIFTED = ("the kept logits are shifted by a constant per row (log_softmax, or the maximum subtracted): "
+            "that is the same distribution after the softmax, but filter_logits must return the kept "
+            "logits exactly as logits / temperature, and -inf for the removed ones")
 FILTER_BUGS = {
+    "top_p_before_top_k": (f"{_HERE}.filter_logits_top_p_before_top_k",
+                           "top-p was applied to the whole distribution, not to what top-k left: apply "
+                           "top-k first, then compute the top-p probabilities as the softmax of the "
+                           "remaining logits (the removed ones are -inf)"),
+    "log_softmax_first": (f"{_HERE}.filter_logits_log_softmax_first", _SHIFTED),
+    "log_softmax_after": (f"{_HERE}.filter_logits_log_softmax_after", _SHIFTED),
+    "max_subtracted": (f"{_HERE}.filter_logits_max_subtracted", _SHIFTED),
     "top_p_one_too_few": (f"{_HERE}.filter_logits_top_p_one_too_few",
                           "top-p keeps one token too few: keep the smallest set of most likely tokens whose "
                           "probabilities sum to >= top_p, i.e. drop a token only when the tokens MORE likely "
@@ -467,9 +500,13 @@ SPEC = Assignment(
               [logits_case(6, shape=(2, 3, 11), temperature=0.7, top_k=5, top_p=0.8),
                logits_case(7, shape=(3, 9), top_k=9, top_p=1.0),
                logits_case(8, shape=(4, 10), spread=0.5, top_p=0.001),
-               logits_case(9, shape=(5, 16), temperature=1.5, top_p=0.7)],
+               logits_case(9, shape=(5, 16), temperature=1.5, top_p=0.7),
+               # top-p on what top-k left, not on the whole distribution: 56 of the 64 rows differ
+               logits_case(17, shape=(64, 12), spread=1.0, top_k=3, top_p=0.7),
+               # top_k > V keeps everything (an unguarded logits.topk(top_k) raises)
+               logits_case(18, shape=(3, 7), temperature=0.9, top_k=10)],
               "(B, T, V) logits with all three filters; k = V and p = 1 keep everything; "
-              "tiny p keeps exactly one token", points=2),
+              "tiny p keeps exactly one token; top-p after top-k; k > V", points=2),
         # --- decoding: one step
         check("sample_next_token.greedy", "sample_next_token", True,
               [logits_case(10, shape=(5, 9)), logits_case(11, shape=(3, 20), temperature=0.5)],
@@ -488,8 +525,11 @@ SPEC = Assignment(
               "all three filters at once; a batch of one"),
         # --- decoding: the loop, with and without the KV cache
         check("generate", "generate", True,
-              [generate_case(0, "gpt03_small", B=2, T=4, max_new_tokens=8)],
-              "greedy decoding with the cache: the reference's tokens", points=2),
+              [generate_case(0, "gpt03_small", B=2, T=4, max_new_tokens=8),
+               # raises unless fed the prompt once, then only the newest token with the cache
+               generate_case(8, "gpt03_small_cache_only", B=2, T=3, max_new_tokens=6, use_cache=True)],
+              "greedy decoding with the cache: the reference's tokens; with use_cache=True only the "
+              "newest token is fed after the first step", points=2),
         check("generate.cache", "generate", True,
               [generate_case(1, "gpt03_small", B=3, T=3, max_new_tokens=12, use_cache=True),
                generate_case(1, "gpt03_small", B=3, T=3, max_new_tokens=12, use_cache=False)],
@@ -501,7 +541,8 @@ SPEC = Assignment(
                generate_case(4, "gpt03_small", B=4, T=5, max_new_tokens=10, use_cache=False),
                generate_case(5, "gpt03_small", B=3, T=2, max_new_tokens=9, do_sample=True, temperature=0.8,
                              top_k=5, generator="seed:6")],
-              "another model, a one-token prompt, max_new_tokens = 0, no cache, sampling", points=2),
+              "another model, a one-token prompt, max_new_tokens = 0, no cache, sampling", points=2,
+              compare="property:gpt.generated_tokens"),
     ],
     samples={
         # solved: the solution cells (by grade_id) that carry the solution; the rest stay blank.

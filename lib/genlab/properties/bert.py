@@ -5,6 +5,9 @@ position obeys BERT's rules (labels, special tokens, untouched positions), and t
 rates (15% selected; of those 80% ``[MASK]``, 10% a random token, 10% unchanged) lie
 within binomial tolerances.
 
+Its inputs are built here (``MASKING_INPUTS``, passed as ``"genlab:<name>"``) as inference
+tensors, so that a ``mask_tokens`` that modifies ``input_ids`` in place raises.
+
 ``bert.masked_accuracy`` judges ``fill_masks``, the student's pretrained BERT filling in
 ``[MASK]`` tokens of held-out sequences of the HMM language: its accuracy on the masked
 positions must reach a fraction of the exact Bayes-optimal accuracy on the same tokens.
@@ -13,13 +16,81 @@ The true tokens are the case's expected output (hidden for hidden cases).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 
+from genlab.checks import NAMED_CALLABLES
 from genlab.properties import register
 
 IGNORE_INDEX = -100
+
+# ------------------------------------------------------------- masking inputs
+
+# The input_ids of the mask_tokens checks, passed as "genlab:<name>": built here (from a seed)
+# as *inference tensors*, which raise an error when modified in place (the exercise forbids
+# it; a copy, ``input_ids.clone()``, is an ordinary tensor). name -> arguments of masking_ids.
+GENLAB_SPECIALS = (0, 1, 2, 3, 4)  # [PAD], [CLS], [SEP], [MASK], [UNK] (genlab.data)
+MASKING_INPUTS = {
+    "bert02_masking_0": dict(seed=0, B=128, T=128, vocab_size=29, in_text=0.02),
+    "bert02_masking_1": dict(seed=1, B=128, T=256, vocab_size=1000, in_text=0.03),
+    "bert02_masking_2": dict(seed=2, B=128, T=256, vocab_size=29),
+    # other special ids, at the end of the vocabulary
+    "bert02_masking_3": dict(seed=3, B=128, T=128, vocab_size=45, in_text=0.02,
+                             specials=(40, 41, 42, 43, 44)),
+}
+
+
+def masking_ids(seed: int, B: int, T: int, vocab_size: int, in_text: float = 0.0,
+                specials: tuple = GENLAB_SPECIALS):
+    """B sequences "[CLS] A [SEP] B [SEP] [PAD]..." of ordinary tokens, lengths T/2..T.
+    ``in_text``: the fraction of the text's tokens that are [UNK], and again [MASK] (special:
+    never to be selected); ``specials``: the ids of [PAD], [CLS], [SEP], [MASK], [UNK]."""
+    import torch
+
+    pad, cls, sep, mask, unk = specials
+    g = torch.Generator().manual_seed(seed)
+    if tuple(specials) == GENLAB_SPECIALS:
+        ids = torch.randint(len(specials), vocab_size, (B, T), generator=g)
+    else:
+        ordinary = torch.tensor([i for i in range(vocab_size) if i not in specials])
+        ids = ordinary[torch.randint(len(ordinary), (B, T), generator=g)]
+    lengths = torch.randint(T // 2, T + 1, (B,), generator=g)
+    cut = lengths // 2  # where A's [SEP] goes
+    rows = torch.arange(B)
+    text = torch.arange(T)[None, :] < lengths[:, None] - 1
+    text[:, 0] = False
+    text[rows, cut] = False
+    ids[:, 0] = cls
+    ids[rows, cut] = sep
+    ids[rows, lengths - 1] = sep
+    ids[torch.arange(T)[None, :] >= lengths[:, None]] = pad
+    if in_text:
+        u = torch.rand(B, T, generator=g)
+        ids[text & (u < in_text)] = unk
+        ids[text & (u >= in_text) & (u < 2 * in_text)] = mask
+    return ids
+
+
+def guarded_masking_ids(name: str):
+    """MASKING_INPUTS[name] as an inference tensor: modifying it in place raises."""
+    import torch
+
+    with torch.inference_mode():
+        return masking_ids(**MASKING_INPUTS[name])
+
+
+for _name in MASKING_INPUTS:
+    NAMED_CALLABLES.setdefault(_name, functools.partial(guarded_masking_ids, _name))
+
+
+def _input_ids(inputs: dict) -> np.ndarray:
+    """A case's input_ids: stored, or "genlab:<name>" of MASKING_INPUTS."""
+    ids = inputs["input_ids"]
+    if ids.dtype.kind == "U":
+        return masking_ids(**MASKING_INPUTS[str(ids).removeprefix("genlab:")]).numpy()
+    return ids
 
 
 def _index(idx) -> str:
@@ -49,7 +120,7 @@ def _same_inputs(a, b) -> bool:
 def _masking_problem(outputs: list[np.ndarray], inputs: dict, params: dict) -> str | None:
     if len(outputs) != 2:
         return f"returned {len(outputs)} value(s), expected 2 (masked_input_ids, labels)"
-    ids = inputs["input_ids"]
+    ids = _input_ids(inputs)
     masked, labels = outputs
     for name, got in (("masked_input_ids", masked), ("labels", labels)):
         if got.shape != ids.shape:
@@ -93,11 +164,6 @@ def _masking_problem(outputs: list[np.ndarray], inputs: dict, params: dict) -> s
     p = float(inputs["mlm_probability"])
     n_ordinary = int((~is_special).sum())
     n_selected = int(selected.sum())
-    problem = _rate_problem("were selected", n_selected, n_ordinary, p, z, "the ordinary tokens")
-    if problem:
-        return problem + f" with mlm_probability={p:g}"
-    if n_selected == 0:
-        return None
     # Of the selected: 80% [MASK]; 10% a random ordinary token (which is the original one
     # with probability 1/K); 10% unchanged. So "changed to another token" and "unchanged"
     # have the rates below.
@@ -108,6 +174,22 @@ def _masking_problem(outputs: list[np.ndarray], inputs: dict, params: dict) -> s
     n_mask = int((selected & (masked == mask_id)).sum())
     n_other = int((selected & (masked != mask_id) & (masked != ids)).sum())
     n_same = int((selected & (masked == ids)).sum())
+    problem = _rate_problem("were selected", n_selected, n_ordinary, p, z, "the ordinary tokens")
+    if problem:
+        p_same = p_keep + p_random / K
+        if (n_selected and n_selected < p * n_ordinary and n_same / n_selected < p_same
+                and _rate_problem("", n_same, n_selected, p_same, z, "")):
+            # too few labels, and too few of the labelled positions unchanged: the labels are
+            # only where the token changed
+            return (f"{n_selected / n_ordinary:.1%} of the ordinary tokens have a label (expected "
+                    f"{p:.1%} with mlm_probability={p:g}), and only {n_same / n_selected:.1%} of "
+                    f"those kept their token (expected {p_same:.1%}): labels seem to be set only "
+                    "where the token changed. Every selected position needs its label (the original "
+                    f"token), including the ~{p_keep:.0%} left unchanged: labels = input_ids wherever "
+                    "selected, -100 elsewhere")
+        return problem + f" with mlm_probability={p:g}"
+    if n_selected == 0:
+        return None
     of = "the selected tokens"
     for what, count, expected, advice in (
             ("became [MASK]", n_mask, p_mask,

@@ -7,7 +7,10 @@ names one as ``"genlab:<name>"`` and ``genlab.checks.call_arguments`` builds it 
 weights, initialised wider than GPT-2 (std 0.3 instead of 0.02) so that the greedy
 choice at every step wins by a clear margin (at least 0.02 in the logits along the
 graded trajectories) and the same tokens come out on any machine; its own ``.generate``
-is switched off, since the exercise is to write it.
+is switched off, since the exercise is to write it. ``gpt03_small_cache_only`` is
+``gpt03_small`` that raises unless called as a decoding loop with the KV cache calls it
+(the prompt once, then only the newest token with ``past_key_values``): a case with
+``use_cache=True`` on it fails a loop that never uses the cache.
 
 **Properties** (``compare="property:<name>"``), judged on all of a check's outputs:
 
@@ -15,6 +18,8 @@ is switched off, since the exercise is to write it.
   after ``t`` change (case 2 is case 1 with the tokens after ``t`` replaced);
 - ``gpt.cache_equals_no_cache``: ``generate`` with and without the KV cache gives the
   same tokens, and those are the reference's greedy tokens;
+- ``gpt.generated_tokens``: exactly the reference's tokens, case by case; a mismatch on a
+  sampling case adds that the student's own ``sample_next_token``/``filter_logits`` run inside;
 - ``gpt.heldout_loss``: the next-token log-probabilities of a trained model score a
   held-out loss within ``margin`` nats of the exact Bayes-optimal loss of the language
   (the reference output is the Bayes-optimal predictive distribution itself), normalised,
@@ -24,6 +29,7 @@ is switched off, since the exercise is to write it.
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 
@@ -36,8 +42,16 @@ TEST_MODELS = {
     # name: GPTConfig fields and the seed of the weights
     "gpt03_small": dict(vocab_size=16, n_positions=32, n_embd=32, n_layer=2, n_head=4, seed=0),
     "gpt03_deep": dict(vocab_size=24, n_positions=32, n_embd=24, n_layer=3, n_head=2, seed=1),
+    # gpt03_small that only accepts what a loop using the KV cache feeds it (see CACHE_ONLY)
+    "gpt03_small_cache_only": dict(vocab_size=16, n_positions=32, n_embd=32, n_layer=2, n_head=4, seed=0),
 }
 TEST_INIT_STD = 0.3
+# Test models that raise unless called as ``generate(..., use_cache=True)`` must call them:
+# the prompt once without a cache, then only the newest token with ``past_key_values``.
+CACHE_ONLY = {"gpt03_small_cache_only"}
+NOT_CACHED = ("this test model only accepts what a loop using the KV cache feeds it: with "
+              "use_cache=True, run the prompt once, then only the newest token (B, 1) with "
+              "past_key_values=the cache of the previous call; {what}")
 
 
 def build_test_model(name: str):
@@ -52,11 +66,29 @@ def build_test_model(name: str):
                 "this test model's own .generate is switched off: write the decoding loop "
                 "yourself, calling model(input_ids, past_key_values=..., use_cache=...)")
 
+    class CacheOnlyGPT(TestGPT):
+        prompt_length = None  # the length of the first call without a cache
+
+        def forward(self, input_ids, attention_mask=None, past_key_values=None, use_cache=False,
+                    labels=None):
+            T = input_ids.shape[-1]
+            if past_key_values is None:
+                if self.prompt_length is None:
+                    self.prompt_length = T
+                elif T > self.prompt_length:
+                    raise RuntimeError(NOT_CACHED.format(
+                        what=f"this call passes {T} tokens and no cache"))
+            elif T != 1:
+                raise RuntimeError(NOT_CACHED.format(
+                    what=f"this call passes {T} tokens together with the cache"))
+            return super().forward(input_ids, attention_mask, past_key_values, use_cache, labels)
+
     fields = dict(TEST_MODELS[name])
     seed = fields.pop("seed")
     config = GPTConfig(**fields, initializer_range=TEST_INIT_STD)
+    cls = CacheOnlyGPT if name in CACHE_ONLY else TestGPT
     with torch.no_grad():
-        return TestGPT(config, seed=seed).eval()
+        return cls(config, seed=seed).eval()
 
 
 for _name in TEST_MODELS:
@@ -129,6 +161,28 @@ def cache_equals_no_cache(outputs_per_case, cases, params) -> str | None:
     return None
 
 
+SAMPLING_HINT = (". This case samples (do_sample=True): your generate draws through YOUR "
+                 "sample_next_token and filter_logits, so check those first (do their checks pass?); "
+                 "if they do, check that generate passes do_sample, temperature, top_k, top_p and "
+                 "the generator through to sample_next_token, and draws nothing else from the generator")
+
+
+@register("gpt.generated_tokens")
+def generated_tokens(outputs_per_case, cases, params) -> str | None:
+    """Every case: exactly the reference's tokens (as compare="exact"); a mismatch on a case
+    that samples says that the student's own sampling functions run inside."""
+    from genlab.checks import Rule, compare_outputs
+
+    rule = Rule(compare="exact", rtol=0.0, atol=0.0, output_names=("tokens",))
+    for i, (outputs, case) in enumerate(zip(outputs_per_case, cases)):
+        problem = compare_outputs(outputs, case, rule)
+        if problem:
+            sampling = "do_sample" in case.inputs and bool(case.inputs["do_sample"])
+            return (f"case {i + 1} of {len(cases)} ({case.describe()}): {problem}"
+                    + (SAMPLING_HINT if sampling else ""))
+    return None
+
+
 def _difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """|a - b| in float64, 0 where both hold the same value (equal infinities included)."""
     a, b = a.astype(np.float64), b.astype(np.float64)
@@ -193,9 +247,20 @@ def heldout(outputs_per_case, cases, params) -> str | None:
     bayes = heldout_loss(bayes_log_probs, ids)
     n = B * (T - 1)
     if loss > bayes + margin:
-        return (f"held-out loss {loss:.3f} nats on {n} tokens; needs <= {bayes + margin:.3f} "
-                f"(Bayes-optimal {bayes:.3f} + {margin:g}): train the model (does the training loss "
-                "go down? is the loss shifted?)")
+        message = (f"held-out loss {loss:.3f} nats on {n} tokens; needs <= {bayes + margin:.3f} "
+                   f"(Bayes-optimal {bayes:.3f} + {margin:g})")
+        # read one position later, do the log-probs predict the tokens far better? Then [b, t]
+        # holds the distribution meant for [b, t - 1]: an off-by-one in the output, not training
+        later = -np.take_along_axis(got[:, 1:], ids[:, 1:, None], axis=-1)[..., 0].mean()
+        if later < loss - margin or loss > math.log(V):
+            return (message + ". Far above the optimum"
+                    + (f" (above log V = {math.log(V):.2f}, uniform guessing)" if loss > math.log(V) else "")
+                    + (f"; read one position later your log-probs score {later:.3f}" if later < loss - margin
+                       else "")
+                    + ": check the alignment first. [b, t] must be the model's output at position t "
+                    "itself, the distribution of token t + 1 given tokens 0..t: no shift, no padding "
+                    "in front")
+        return message + ": train the model (does the training loss go down? is the loss shifted?)"
     if loss < bayes - below:
         return (f"held-out loss {loss:.3f} nats is below the Bayes-optimal {bayes:.3f}: no causal model "
                 "can do that. Does position t see token t + 1?")
