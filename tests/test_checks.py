@@ -127,6 +127,23 @@ def test_call_tracer_sees_aliased_and_indirect_calls():
     assert tracer.used == set()
 
 
+def test_call_tracer_sees_aten_operators_however_they_are_called():
+    """torch's private attention kernels reached through torch.ops.aten: the packet, an
+    overload, getattr; another aten operator is not mistaken for them."""
+    q = torch.randn(1, 1, 3, 4)
+    name = "torch.ops.aten._scaled_dot_product_attention_math"
+    calls = [lambda: torch.ops.aten._scaled_dot_product_attention_math(q, q, q),
+             lambda: torch.ops.aten._scaled_dot_product_attention_math.default(q, q, q),
+             lambda: getattr(torch.ops.aten, "_scaled_dot_product_attention_math")(q, q, q)]
+    for call in calls:
+        with CallTracer([name]) as tracer:
+            call()
+        assert tracer.used == {name}
+    with CallTracer([name]) as tracer:
+        torch.ops.aten.relu(q)
+    assert tracer.used == set()
+
+
 def test_recorder_writes_outputs_errors_and_traced_calls(tmp_path):
     inputs = tmp_path / "inputs" / "causal_mask"
     write_npz(inputs / "c-0.npz", {"in.T": np.asarray(3)})

@@ -583,6 +583,19 @@ def resolve(dotted: str) -> Any:
     raise ImportError(dotted)
 
 
+def _aten_builtins(obj: Any) -> list:
+    """The builtins that run when an aten operator is called (``torch.ops.aten.<op>``, all
+    its overloads, or one overload): its Python ``__call__`` is shared by every operator,
+    so the tracer must watch the operator's own ``_op``."""
+    if isinstance(obj, torch._ops.OpOverloadPacket):
+        ops = [obj] + [getattr(obj, overload) for overload in obj.overloads()]
+    elif isinstance(obj, torch._ops.OpOverload):
+        ops = [obj]
+    else:
+        return []
+    return [op._op for op in ops if getattr(op, "_op", None) is not None]
+
+
 class CallTracer:
     """Records which of the named callables run while it is active (via ``sys.setprofile``)."""
 
@@ -604,6 +617,8 @@ class CallTracer:
                 self._codes[obj.__code__] = name
             else:
                 self._builtins[id(obj)] = name
+            for builtin in _aten_builtins(obj):
+                self._builtins[id(builtin)] = name
 
     def _profile(self, frame, event, arg):
         if event == "call":
