@@ -13,9 +13,30 @@ import torch
 from autograder.spec import Assignment, CaseSpec, check_maker
 from genlab.attention import scaled_dot_product_attention, split_heads
 
+# torch's attention kernels under their private names: the functions in torch's namespace
+# (builtins) and the aten operators behind them (``torch.ops.aten.<name>``; a source that
+# names ``torch.ops.aten.<name>.default`` names the operator too). Names a torch version
+# lacks are skipped. Not ``....default`` itself: a forbidden name's last part is matched
+# against string constants, and "default" is a common string.
+_TORCH_KERNELS = (
+    "_scaled_dot_product_attention_math",
+    "_scaled_dot_product_attention_math_for_mps",
+    "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_flash_attention_for_cpu",
+    "_scaled_dot_product_efficient_attention",
+    "_scaled_dot_product_cudnn_attention",
+    "_scaled_dot_product_fused_attention_overrideable",
+    "_native_multi_head_attention",
+    "_triton_scaled_dot_attention",
+    "_triton_multi_head_attention",
+)
 ATTENTION_CALLS = (
     "torch.nn.functional.scaled_dot_product_attention",
+    "torch.nn.functional.multi_head_attention_forward",
     "torch.nn.MultiheadAttention",
+    "torch.ops.aten.scaled_dot_product_attention",
+    *(f"torch.{name}" for name in _TORCH_KERNELS),
+    *(f"torch.ops.aten.{name}" for name in _TORCH_KERNELS),
     "genlab.attention.scaled_dot_product_attention",
     "genlab.attention.MultiHeadAttention",
     "genlab.attention.multi_head_self_attention",
@@ -138,6 +159,24 @@ def split_heads_reshape_only(x, n_heads):
     return x.reshape(B, n_heads, T, C // n_heads)
 
 
+def _mha_on(attention):
+    """Multi-head self-attention, right in every step, built on the given attention."""
+
+    def mha(x, W_q, W_k, W_v, W_o, n_heads, attn_mask=None, is_causal=False):
+        from genlab.attention import merge_heads
+
+        q, k, v = (split_heads(x @ W, n_heads) for W in (W_q, W_k, W_v))
+        heads, _ = attention(q, k, v, attn_mask, is_causal)
+        return merge_heads(heads) @ W_o
+
+    return mha
+
+
+mha_on_sdpa_without_scale = _mha_on(sdpa_without_scale)
+mha_on_sdpa_inverted_mask = _mha_on(sdpa_inverted_mask)
+mha_on_sdpa_softmax_over_queries = _mha_on(sdpa_softmax_over_queries)
+
+
 def mha_without_output_projection(x, W_q, W_k, W_v, W_o, n_heads, attn_mask=None, is_causal=False):
     from genlab.attention import multi_head_self_attention
 
@@ -159,8 +198,21 @@ SPLIT_BUGS = {"reshape_without_transpose": (
     f"{_HERE}.split_heads_reshape_only",
     "reshaping straight to (B, H, T, C/H) mixes tokens across heads: view as (B, T, H, C/H), "
     "then transpose(1, 2)")}
-MHA_BUGS = {"no_output_projection": (f"{_HERE}.mha_without_output_projection",
-                                     "the output projection W_o is missing")}
+MHA_BUGS = {
+    "no_output_projection": (f"{_HERE}.mha_without_output_projection",
+                             "the output projection W_o is missing"),
+    # a right multi-head attention on a wrong scaled_dot_product_attention (the known bugs above)
+    "sdpa_no_scale": (f"{_HERE}.mha_on_sdpa_without_scale",
+                      "your multi-head attention equals the right one built on an attention without "
+                      "the 1/sqrt(d) scaling: fix scaled_dot_product_attention first"),
+    "sdpa_inverted_mask": (f"{_HERE}.mha_on_sdpa_inverted_mask",
+                           "your multi-head attention equals the right one built on an attention with "
+                           "the mask polarity inverted: fix scaled_dot_product_attention first"),
+    "sdpa_softmax_over_queries": (f"{_HERE}.mha_on_sdpa_softmax_over_queries",
+                                  "your multi-head attention equals the right one built on an attention "
+                                  "whose softmax runs over the queries: fix scaled_dot_product_attention "
+                                  "first"),
+}
 
 # ------------------------------------------------------------------------------ checks
 
@@ -206,12 +258,16 @@ SPEC = Assignment(
               "padding mask from an int 0/1 attention_mask"),
         check("padding_mask.hidden", "padding_mask", False,
               [padding_case(1, B=3, T=7, dtype="float32"), padding_case(2, B=3, T=4, rows="edge"),
-               padding_case(3, B=1, T=1)],
-              "padding mask: float input, no padding, all padding, T = 1"),
+               padding_case(3, B=1, T=1), padding_case(4, B=2, T=6, dtype="bool")],
+              "padding mask: float input, no padding, all padding, T = 1, bool input"),
         check("sdpa", SDPA, True, [sdpa_case(0), sdpa_case(1, B=2, Tq=5, Tk=5, mask="padding")],
               "attention without a mask and with a padding mask"),
-        check("sdpa.causal", SDPA, False, [sdpa_case(2, B=2, H=3, Tq=6, Tk=6, D=4, mask="causal")],
-              "attention with is_causal=True"),
+        check("sdpa.causal", SDPA, False,
+              [sdpa_case(2, B=2, H=3, Tq=6, Tk=6, D=4, mask="causal"),
+               sdpa_case(5, B=1, H=2, Tq=3, Tk=5, D=4, mask="causal"),
+               sdpa_case(6, B=2, H=1, Tq=5, Tk=3, D=4, mask="causal")],
+              "attention with is_causal=True; Tq < Tk and Tq > Tk (top-left aligned: query i "
+              "sees keys 0..i)"),
         check("sdpa.float64", SDPA, False,
               [sdpa_case(3, B=3, H=1, Tq=3, Tk=7, D=5, Dv=6, dtype="float64", mask="random")],
               "float64, Tq != Tk, Dv != D, a random mask", dtype="float64"),

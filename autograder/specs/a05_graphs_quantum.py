@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from autograder.spec import Assignment, CaseSpec, check_maker
 from genlab import graphs, quantum
-from genlab.properties.graphs_quantum import encode_labels
+from genlab.properties.graphs_quantum import angle_gradient, encode_labels
 
 _HERE = "autograder.specs.a05_graphs_quantum"
 
@@ -110,6 +110,16 @@ def reference_pyramid_matrix(angles, n):
     return _pyramid_layer(angles, n).matrix()
 
 
+# d/d angles of sum(W * M) for a fixed M: graded through the same wrapper the notebook's test
+# cell puts around the student's pyramid_matrix (gradients must reach the angles)
+# (through circuit_matrix: OrthogonalLayer copies the angles into its parameter, which cuts the graph)
+def _pyramid_matrix_differentiable(angles, n):
+    return quantum.circuit_matrix(n, quantum.pyramid_gates(n), angles)
+
+
+reference_pyramid_matrix_gradient = angle_gradient(_pyramid_matrix_differentiable)
+
+
 def reference_orthogonality_error(W):
     eye = torch.eye(W.shape[-2], dtype=W.dtype, device=W.device)
     return (W @ W.mT - eye).abs().max()
@@ -138,6 +148,10 @@ def flops_narrow_mlp(B, T, d):
     return 12 * B * T * d * d + 4 * B * T * T * d
 
 
+def flops_without_output_projection(B, T, d):
+    return 22 * B * T * d * d + 4 * B * T * T * d
+
+
 FLOPS_BUGS = {
     "no_attention_term": (f"{_HERE}.flops_without_attention",
                           "your count has no attention term: the scores q k^T and the weighted sum "
@@ -148,6 +162,9 @@ FLOPS_BUGS = {
     "narrow_mlp": (f"{_HERE}.flops_narrow_mlp",
                    "your MLP term is too small: the MLP widens d -> 4d and projects back 4d -> d, "
                    "2·(B·T)·d·4d FLOPs each way"),
+    "no_output_projection": (f"{_HERE}.flops_without_output_projection",
+                             "your count misses the output projection W_o: the attention's output goes "
+                             "through a d -> d Linear (self.o) before the residual add, 2·(B·T)·d·d FLOPs"),
 }
 
 
@@ -193,6 +210,14 @@ MATRIX_BUGS = {
     "sign_flipped": (f"{_HERE}.pyramid_matrix_sign_flipped",
                      "sign convention flipped: an RBS gate sends e_i to cos·e_i + sin·e_j, so G[j, i] = +sin "
                      "and G[i, j] = -sin (you built the transpose of each gate, i.e. angle -theta)"),
+}
+
+
+pyramid_matrix_reversed_gradient = angle_gradient(pyramid_matrix_reversed)
+pyramid_matrix_sign_flipped_gradient = angle_gradient(pyramid_matrix_sign_flipped)
+GRADIENT_BUGS = {
+    "reversed_order": (f"{_HERE}.pyramid_matrix_reversed_gradient", MATRIX_BUGS["reversed_order"][1]),
+    "sign_flipped": (f"{_HERE}.pyramid_matrix_sign_flipped_gradient", MATRIX_BUGS["sign_flipped"][1]),
 }
 
 
@@ -327,8 +352,13 @@ def attention_case(seed: int, B: int, T: int, n: int, dtype: str = "float32") ->
 
 PYRAMID_CALLS = ("genlab.quantum.pyramid_gates", "genlab.quantum.layout_gates",
                  "genlab.quantum.OrthogonalLayer")
-MATRIX_CALLS = PYRAMID_CALLS + ("genlab.quantum.circuit_matrix", "genlab.quantum.circuit_unitary",
-                                "genlab.quantum.CompoundLayer", "genlab.quantum.OrthogonalAttention")
+# everything in genlab.quantum that builds circuits or their matrices (the text: "off limits")
+MATRIX_CALLS = PYRAMID_CALLS + ("genlab.quantum.x_gates", "genlab.quantum.butterfly_gates",
+                                "genlab.quantum.circuit_matrix", "genlab.quantum.circuit_unitary",
+                                "genlab.quantum.rbs_unitary", "genlab.quantum.hamming_weight_block",
+                                "genlab.quantum.compound_matrix", "genlab.quantum.CompoundLayer",
+                                "genlab.quantum.OrthogonalAttention", "genlab.quantum._apply_circuit",
+                                "genlab.quantum._circuit_wires")
 ATTENTION_CALLS = MATRIX_CALLS + ("genlab.attention.scaled_dot_product_attention",
                                   "torch.nn.functional.scaled_dot_product_attention")
 TRACING_CALLS = ("genlab.graphs.trace", "torch.utils.flop_counter.FlopCounterMode")
@@ -349,6 +379,11 @@ PER_FUNCTION = {
                          forbidden=PYRAMID_CALLS),
     "pyramid_matrix": dict(cell="test_pyramid_matrix", reference=f"{_HERE}.reference_pyramid_matrix",
                            outputs=("W",), forbidden=MATRIX_CALLS, bugs=MATRIX_BUGS),
+    # pyramid_matrix through angle_gradient (the wrapper is defined in the locked test cell)
+    "pyramid_matrix_gradient": dict(cell="test_pyramid_matrix",
+                                    reference=f"{_HERE}.reference_pyramid_matrix_gradient",
+                                    dtype="float64", outputs=("grad",), forbidden=MATRIX_CALLS,
+                                    bugs=GRADIENT_BUGS),
     "orthogonality_error": dict(cell="test_orthogonality_error",
                                 reference=f"{_HERE}.reference_orthogonality_error",
                                 outputs=("error",), bugs=ERROR_BUGS),
@@ -366,7 +401,9 @@ SPEC = Assignment(
     notebook="graphs_quantum.ipynb",
     checks=[
         # --- part A: models as graphs
-        check("block_flops", "block_flops", True, [flops_case(1, 4, 8), flops_case(2, 5, 16)],
+        # No case has d = 2T (a count without W_o equals one without attention) or d = T (it
+        # equals one with a single attention product): the named bugs differ on every case.
+        check("block_flops", "block_flops", True, [flops_case(1, 4, 6), flops_case(2, 5, 16)],
               "matrix-product FLOPs of one block, small shapes (exact integers)"),
         check("block_flops.hidden", "block_flops", False,
               [flops_case(3, 7, 32), flops_case(1, 1, 1), flops_case(8, 1024, 768),
@@ -387,7 +424,11 @@ SPEC = Assignment(
         check("pyramid_size.hidden", "pyramid_size", False,
               [wires_case(2), wires_case(7), wires_case(64)], "n = 2, 7 and 64"),
         check("pyramid_matrix", "pyramid_matrix", True, [matrix_case(0, 4), matrix_case(1, 5)],
-              "the matrix of the pyramid's RBS gates, n = 4 and 5 (float32)", points=2),
+              "the matrix of the pyramid's RBS gates, n = 4 and 5 (float32)"),
+        check("pyramid_matrix.gradient", "pyramid_matrix_gradient", True,
+              [matrix_case(7, 4, "float64"), matrix_case(8, 6, "float64")],
+              "gradients flow to the angles: d/d angles of sum(W * M) for a fixed M, n = 4 and 6 "
+              "(float64)"),
         check("pyramid_matrix.hidden", "pyramid_matrix", False,
               [matrix_case(2, 2, "float64"), matrix_case(3, 8, "float64"), matrix_case(4, 7, "float64")],
               "float64: n = 2 (one gate), 7 and 8", dtype="float64", points=2),
@@ -416,7 +457,8 @@ SPEC = Assignment(
         "blank": {"solved": [], "lost": "all"},
         "partial": {"solved": ["block_flops", "block_graph", "pyramid_gates"],
                     "lost": ["pyramid_size", "pyramid_size.hidden", "pyramid_matrix",
-                             "pyramid_matrix.hidden", "pyramid_matrix.orthogonal", "orthogonality_error",
+                             "pyramid_matrix.gradient", "pyramid_matrix.hidden",
+                             "pyramid_matrix.orthogonal", "orthogonality_error",
                              "orthogonality_error.hidden", "orthogonal_attention",
                              "orthogonal_attention.hidden"]},
         # the classic FLOP-count slip: only the projections and the MLP
@@ -429,8 +471,8 @@ SPEC = Assignment(
         # gates multiplied in reverse order: still orthogonal, but not the circuit's matrix;
         # orthogonal attention, built on it, fails too
         "reversed_gates": {"solved": "all",
-                           "lost": ["pyramid_matrix", "pyramid_matrix.hidden", "orthogonal_attention",
-                                    "orthogonal_attention.hidden"],
+                           "lost": ["pyramid_matrix", "pyramid_matrix.gradient", "pyramid_matrix.hidden",
+                                    "orthogonal_attention", "orthogonal_attention.hidden"],
                            "edit": {"pyramid_matrix": ["W = G @ W", "W = W @ G"]}},
     },
 )

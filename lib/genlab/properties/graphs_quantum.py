@@ -16,13 +16,20 @@ numbers only; ``decode_labels`` reads them back.
   neighbourhood of a node, and only then "wired differently".
 - ``quantum.orthogonal``: each returned matrix W is (n, n), float64, with
   max |W W^T - I| <= ``atol`` and det W = +1 (a product of rotations).
+
+**Gradients.** ``angle_gradient(matrix_fn)`` wraps a function ``(angles, n) -> W`` into
+one that returns the gradient, with respect to the angles, of a fixed scalar function of
+W; the notebook grades the student's ``pyramid_matrix`` through it (gradients must reach
+the angles: section 6 trains them), the spec builds the reference with it.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from typing import Callable
 
 import numpy as np
+import torch
 
 from genlab.properties import register
 
@@ -217,3 +224,32 @@ def orthogonal(outputs_per_case, cases, params) -> str | None:
                     "rotations has determinant +1 (did a gate get cos on one diagonal entry and "
                     "-cos on the other?)")
     return None
+
+
+# ---------------------------------------------------------------------------- gradients
+
+
+class NoGradientError(RuntimeError):
+    pass
+
+
+def angle_gradient(matrix_fn: Callable) -> Callable:
+    """``(angles, n) -> d f(W) / d angles`` for ``W = matrix_fn(angles, n)`` and the fixed
+    scalar function f(W) = sum(W * M), M = linspace(-1, 1, n*n) as an (n, n) matrix.
+    Gradients are computed even when called under ``torch.no_grad()`` (as checks call)."""
+
+    def gradient(angles: torch.Tensor, n: int) -> torch.Tensor:
+        with torch.enable_grad():
+            leaf = angles.detach().clone().requires_grad_(True)
+            W = matrix_fn(leaf, n)
+            if not isinstance(W, torch.Tensor) or not W.requires_grad:
+                raise NoGradientError(
+                    "no gradient reaches the angles: build W from torch operations on `angles` "
+                    "(torch.cos, torch.sin, indexing, @), not from numbers taken out of it "
+                    "(.tolist(), .item(), float(), math.cos)")
+            M = torch.linspace(-1, 1, n * n, dtype=W.dtype, device=W.device).reshape(n, n)
+            (grad,) = torch.autograd.grad((W * M).sum(), leaf, allow_unused=True)
+        return torch.zeros_like(leaf) if grad is None else grad
+
+    gradient.__name__ = gradient.__qualname__ = f"{getattr(matrix_fn, '__name__', 'matrix')}_gradient"
+    return gradient
