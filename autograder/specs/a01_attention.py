@@ -198,20 +198,17 @@ SPLIT_BUGS = {"reshape_without_transpose": (
     f"{_HERE}.split_heads_reshape_only",
     "reshaping straight to (B, H, T, C/H) mixes tokens across heads: view as (B, T, H, C/H), "
     "then transpose(1, 2)")}
+# a right multi-head attention on a wrong scaled_dot_product_attention (the known bugs above)
+_WRONG_SDPA = {"sdpa_no_scale": ("mha_on_sdpa_without_scale", "without the 1/sqrt(d) scaling"),
+               "sdpa_inverted_mask": ("mha_on_sdpa_inverted_mask", "with the mask polarity inverted"),
+               "sdpa_softmax_over_queries": ("mha_on_sdpa_softmax_over_queries",
+                                             "whose softmax runs over the queries")}
 MHA_BUGS = {
     "no_output_projection": (f"{_HERE}.mha_without_output_projection",
                              "the output projection W_o is missing"),
-    # a right multi-head attention on a wrong scaled_dot_product_attention (the known bugs above)
-    "sdpa_no_scale": (f"{_HERE}.mha_on_sdpa_without_scale",
-                      "your multi-head attention equals the right one built on an attention without "
-                      "the 1/sqrt(d) scaling: fix scaled_dot_product_attention first"),
-    "sdpa_inverted_mask": (f"{_HERE}.mha_on_sdpa_inverted_mask",
-                           "your multi-head attention equals the right one built on an attention with "
-                           "the mask polarity inverted: fix scaled_dot_product_attention first"),
-    "sdpa_softmax_over_queries": (f"{_HERE}.mha_on_sdpa_softmax_over_queries",
-                                  "your multi-head attention equals the right one built on an attention "
-                                  "whose softmax runs over the queries: fix scaled_dot_product_attention "
-                                  "first"),
+    **{bug: (f"{_HERE}.{function}", f"your multi-head attention equals the right one built on an "
+                                    f"attention {what}: fix scaled_dot_product_attention first")
+       for bug, (function, what) in _WRONG_SDPA.items()},
 }
 
 # ------------------------------------------------------------------------------ checks

@@ -224,9 +224,15 @@ def circuit_matrix(n: int, steps: list[list[Gate]], angles: torch.Tensor) -> tor
     n_gates = sum(len(step) for step in steps)
     if angles.shape != (n_gates,):
         raise ValueError(f"expected {n_gates} angles, got shape {tuple(angles.shape)}")
+    return _circuit_matrix(n, _circuit_wires(steps, device=angles.device),
+                           [len(step) for step in steps], angles)
+
+
+def _circuit_matrix(n: int, wires: torch.Tensor, step_sizes: list[int],
+                    angles: torch.Tensor) -> torch.Tensor:
+    """W (n, n): the circuit applied to the n unit vectors (``_apply_circuit``'s arguments)."""
     identity = torch.eye(n, dtype=angles.dtype, device=angles.device)
-    wires = _circuit_wires(steps, device=angles.device)
-    rows = _apply_circuit(identity, wires, [len(step) for step in steps], angles)  # row i: W e_i
+    rows = _apply_circuit(identity, wires, step_sizes, angles)  # row i: W e_i
     return rows.T  # (n, n)
 
 
@@ -267,9 +273,7 @@ class OrthogonalLayer(nn.Module):
 
     def matrix(self) -> torch.Tensor:
         """W (n, n): column i is the circuit's output on the unary state |e_i>."""
-        identity = torch.eye(self.n, dtype=self.angles.dtype, device=self.angles.device)
-        rows = _apply_circuit(identity, self._wires, self._step_sizes, self.angles)  # row i: W e_i
-        return rows.T  # (n, n)
+        return _circuit_matrix(self.n, self._wires, self._step_sizes, self.angles)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x @ W^T for x (..., n).

@@ -85,11 +85,20 @@ for _name in MASKING_INPUTS:
     NAMED_CALLABLES.setdefault(_name, functools.partial(guarded_masking_ids, _name))
 
 
+@functools.cache
+def _named_masking_ids(name: str) -> np.ndarray:
+    """MASKING_INPUTS[name] as an array, built once per process (every submission of a class
+    is judged against the same inputs)."""
+    ids = masking_ids(**MASKING_INPUTS[name]).numpy()
+    ids.flags.writeable = False
+    return ids
+
+
 def _input_ids(inputs: dict) -> np.ndarray:
     """A case's input_ids: stored, or "genlab:<name>" of MASKING_INPUTS."""
     ids = inputs["input_ids"]
     if ids.dtype.kind == "U":
-        return masking_ids(**MASKING_INPUTS[str(ids).removeprefix("genlab:")]).numpy()
+        return _named_masking_ids(str(ids).removeprefix("genlab:"))
     return ids
 
 
