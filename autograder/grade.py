@@ -5,14 +5,17 @@ For each submission (``DIR/<student>/<assignment>/<notebook>.ipynb``, nbgrader's
 1. *sanitize* with nbgrader's autograde preprocessors: clear outputs, de-duplicate cell
    ids, put back the kernelspec and every locked and hidden test cell from the gradebook
    (missing ones are added back);
-2. *record*: at the top of every graded test cell, bind ``record_outputs`` to a recorder
-   whose folder has a random name the student cannot predict (in a parent folder that
-   cannot be listed); the kernel's only job is to save what the student's functions
-   return on the grader's inputs, as plain arrays;
-3. *execute* the notebook in the sandbox (``sandbox.py``);
-4. *score* in this, trusted, process: load the arrays (no pickle), compare each case with
-   the reference, per check, with the manifest's tolerances; a check whose function uses
-   a forbidden call (found in its source, or traced while it ran) scores 0.
+2. *execute* it in the sandbox (``sandbox.py``, ``execute.py``): the job (notebook, inputs,
+   forbidden calls) goes in on standard input; each graded test cell records what the
+   student's functions return on the grader's inputs, and the records, each executed cell
+   and the run's status come back through a pipe the moment they exist (``channel.py``).
+   The grading guard in the kernel (``guard.py``) attests each record and reports each
+   forbidden call as it happens. Nothing is read back from a file the submission could
+   touch, and nothing it wrote outlives its sandbox;
+3. *score* in this, trusted, process: decode the arrays (no pickle), compare each case
+   with the reference, per check, with the manifest's tolerances; a check scores 0 when
+   its function uses a forbidden call (found in its source, or reported while it ran), or
+   its record was not attested by the guard.
 
 The scores are then written into nbgrader's gradebook (so ``nbgrader export``,
 formgrader and feedback agree), with ``OUT/grades.csv``, ``OUT/<student>/results.json``
@@ -22,12 +25,15 @@ formgrader and feedback agree), with ``OUT/grades.csv``, ``OUT/<student>/results
 from __future__ import annotations
 
 import ast
+import copy
 import csv
 import datetime
 import hashlib
 import json
 import os
 import queue
+import base64
+import io
 import secrets
 import shutil
 import sys
@@ -43,12 +49,14 @@ import nbformat
 
 from autograder import references as refs
 from autograder import spec as spec_module
+from autograder.channel import Inbox, decode_npz
 from autograder.course import REPO, generate_release, nbgrader_config, nbgrader_environment
+from autograder.guard import digest
 from autograder.sandbox import Limits, Sandbox
-from genlab.checks import Case, judge, resolve, write_npz
+from genlab.checks import Case, judge, resolve
 
-RECORDER_LINE = ("record_outputs = __import__('genlab.checks', fromlist=['Recorder'])"
-                 ".Recorder({path!r})  # added by the autograder\n")
+NOTEBOOK_BYTES = 64 << 20   # the largest submitted notebook read
+RECORD_BYTES = 64 << 20     # the largest record of one case, unpacked
 UNSANDBOXED = ("WARNING: graded WITHOUT a sandbox (bubblewrap not found): the submission's code "
                "ran with the grader's file access; only resource limits applied.")
 
@@ -67,7 +75,7 @@ class SubmissionResult:
     student: str
     checks: list[CheckResult] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    executed: Path | None = None
+    executed: object | None = None  # the executed notebook, as the executor reported it
     seconds: float = 0.0
     final: bool = True  # False: a grader error; the next run grades it again
     # written answers graded by hand (grade_id -> whether the student wrote anything)
@@ -248,7 +256,6 @@ class Grader:
     # -- set-up, once per run
     def prepare(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / ".work").mkdir(exist_ok=True)
         # nbgrader's sanitizing needs the assignment's cells in the gradebook
         release = generate_release(self.assignment, release_root=self.out / ".release", db_url=self.db_url)
         self.manual = manual_answers(nbformat.read(release / self.spec.notebook, as_version=4),
@@ -294,18 +301,18 @@ class Grader:
                                 + (f" (found: {', '.join(found)})" if found else " (the folder is empty or missing)"))
         else:
             try:
-                nb = nbformat.read(path, as_version=4)
+                nb = nbformat.reads(read_regular_file(path, NOTEBOOK_BYTES).decode(), as_version=4)
                 nb = sanitize(nb, self.assignment, self.notebook_id, student, self.db_url)
             except Exception as exc:
                 result.notes.append(f"{self.spec.notebook} could not be read as a notebook "
                                     f"({type(exc).__name__}: {str(exc)[:200]})")
                 nb = None
-        outputs = None
+        recording = None
         if nb is not None:
             self._note_answers(nb, result)
-            outputs, executed = self._execute(student, nb, result, slot)
-            result.executed = executed
-        self._score(nb, outputs, result)
+            recording = self._execute(nb, result, slot)
+            result.executed = recording.executed
+        self._score(nb, recording, result)
         result.seconds = time.perf_counter() - start
         return result
 
@@ -321,45 +328,48 @@ class Grader:
                 + ("graded by hand in nbgrader's formgrader (not included in this score)" if answered
                    else "left as released (no answer written): 0 points"))
 
-    def _execute(self, student: str, nb, result: SubmissionResult, slot: int) -> tuple[Path, Path]:
-        work = self.out / ".work" / student
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-        hidden_parent = work / "rec"
-        recorder = hidden_parent / secrets.token_hex(16)
-        for check_name, check in self.manifest["checks"].items():
-            function_dir = recorder / "inputs" / check["function"]
-            for i, case in enumerate(self.cases[check_name]):
-                write_npz(function_dir / f"{check_name}-{i}.npz",
-                          {f"in.{k}": v for k, v in case.inputs.items()})
-            forbidden_file = function_dir / "forbidden.json"
-            known = json.loads(forbidden_file.read_text()) if forbidden_file.exists() else []
-            forbidden_file.write_text(json.dumps(sorted(set(known) | set(check["forbidden"]))))
-        hidden_parent.chmod(0o311)  # enter, but not list: the recorder's name stays unknown
-        graded_cells = {c["cell"] for c in self.manifest["checks"].values()}
-        for cell in nb.cells:
-            if cell.metadata.get("nbgrader", {}).get("grade_id") in graded_cells and cell.cell_type == "code":
-                cell.source = RECORDER_LINE.format(path=str(recorder)) + cell.source
-        submission = work / self.spec.notebook
-        nbformat.write(nb, submission)
-        executed = work / f"executed-{self.spec.notebook}"
+    def job(self, nb) -> dict:
+        """What the executor needs, all of it sent on its standard input."""
+        graded: dict[str, list[str]] = {}
+        inputs: dict[str, dict] = {}
+        for name, check in self.manifest["checks"].items():
+            function = check["function"]
+            graded.setdefault(check["cell"], [])
+            if function not in graded[check["cell"]]:
+                graded[check["cell"]].append(function)
+            entry = inputs.setdefault(function, {"cases": {}, "forbidden": []})
+            for i, case in enumerate(self.cases[name]):
+                buffer = io.BytesIO()
+                np_savez(buffer, {f"in.{k}": v for k, v in case.inputs.items()})
+                entry["cases"][f"{name}-{i}"] = base64.b64encode(buffer.getvalue()).decode()
+            entry["forbidden"] = sorted(set(entry["forbidden"]) | set(check["forbidden"]))
+        return {"notebook": nb, "graded": graded, "inputs": inputs,
+                "cell_timeout": self.sandbox.limits.cell_seconds}
+
+    def _execute(self, nb, result: SubmissionResult, slot: int) -> "Recording":
         run = self.sandbox.run(
-            [sys.executable, "-m", "autograder.execute", submission.name, executed.name,
-             "--cell-timeout", str(self.sandbox.limits.cell_seconds)],
-            work, public_refs=self.public_references, slot=slot)
-        status = next((json.loads(line[len("EXECUTION:"):]) for line in run.stdout.splitlines()
-                       if line.startswith("EXECUTION:")), None)
+            [sys.executable, "-m", "autograder.execute", "--channel-fd", "{channel_fd}"],
+            stdin=json.dumps(self.job(nb)).encode(), public_refs=self.public_references, slot=slot)
+        recording = Recording(run.inbox, nb)
+        status = recording.status
         if run.timed_out:
             result.notes.append(f"the notebook ran past the {self.sandbox.limits.wall_seconds} s "
                                 "limit and was stopped; checks after that point got no output")
         elif status is None:
             result.notes.append(f"the notebook runner stopped abnormally (exit {run.returncode}): "
                                 + (run.stderr.strip().splitlines() or ["no message"])[-1][:300])
-        elif status["ended"] != "completed":
-            result.notes.append(f"execution: {status['ended']} ({status.get('detail', '')})")
-        return recorder / "outputs", executed if executed.exists() else None
+        elif status.get("ended") != "completed":
+            result.notes.append(f"execution: {status.get('ended')} ({str(status.get('detail', ''))[:300]})")
+        if status and status.get("output_cut_bytes"):
+            result.notes.append(f"{int(status['output_cut_bytes']):,} bytes of the notebook's output "
+                                "were cut (too much printed or displayed)")
+        if run.inbox.dropped or run.inbox.malformed:
+            result.notes.append(f"{run.inbox.dropped + run.inbox.malformed} message(s) from the "
+                                "notebook run were too large or malformed and were ignored")
+        result.notes.extend(recording.notes)
+        return recording
 
-    def _score(self, nb, outputs: Path | None, result: SubmissionResult) -> None:
+    def _score(self, nb, recording: "Recording | None", result: SubmissionResult) -> None:
         static: dict[str, set[str]] = {}
         for name, check in self.manifest["checks"].items():
             function = check["function"]
@@ -367,7 +377,7 @@ class Grader:
                 static[function] = forbidden_in_source(
                     nb, function, sorted({f for c in self.manifest["checks"].values()
                                           if c["function"] == function for f in c["forbidden"]}))
-            points, message = self._score_check(name, check, outputs, static.get(function, set()))
+            points, message = self._score_check(name, check, recording, static.get(function, set()))
             if nb is None and not message:
                 message = "no notebook to grade"
             result.checks.append(CheckResult(name, points, check["points"], message, check["public"]))
@@ -375,31 +385,44 @@ class Grader:
             for c in result.checks:
                 c.message = result.notes[-1] if result.notes else c.message
 
-    def _score_check(self, name: str, check: dict, outputs: Path | None,
+    def _score_check(self, name: str, check: dict, recording: "Recording | None",
                      static_forbidden: set[str]) -> tuple[float, str]:
-        if outputs is None:
+        if recording is None:
             return 0, "not graded"
-        used = static_forbidden & set(check["forbidden"])
-        results = []
+        function = check["function"]
+        forbidden = set(check["forbidden"])
+        used = (static_forbidden | recording.forbidden.get(function, set())) & forbidden
+        results, unattested = [], False
         for i in range(len(self.cases[name])):
-            path = outputs / check["function"] / f"{name}-{i}.npz"
-            if not path.exists():
-                return 0, (f"no output recorded for `{check['function']}`: the recording in its "
-                           f"test cell ({check['cell']}) did not complete (the kernel died, the "
-                           "cell timed out, or the notebook stopped before it)")
+            case = f"{name}-{i}"
+            record = recording.records.get((function, case))
+            if record is None:
+                results = None
+                break
+            if digest(record) not in recording.attested.get((function, case), ()):
+                unattested = True
+                continue
             try:
-                got, error, traced = _load_outputs(path)
+                got, error, traced = _outputs(decode_npz(record, RECORD_BYTES))
             except Exception as exc:
                 return 0, f"the recorded output of case {i + 1} is unreadable ({type(exc).__name__})"
-            used |= traced & set(check["forbidden"])
+            used |= traced & forbidden
             results.append((got, error))
+        if used:  # the cause, whatever else went wrong
+            return 0, (f"`{function}` uses {', '.join(sorted(used))}: this exercise asks you to "
+                       "write it yourself, so this check scores 0 even if the values match")
+        if function in recording.penalties:
+            return 0, recording.penalties[function]
+        if results is None:
+            return 0, (f"no output recorded for `{function}`: the recording in its "
+                       f"test cell ({check['cell']}) did not complete (the kernel died, the "
+                       "cell timed out, or the notebook stopped before it)")
+        if unattested:
+            return 0, (f"the record of `{function}` was not made by the autograder's recorder "
+                       "(it was replaced, patched or bypassed), so it cannot be graded")
         problem = judge(check, self.cases[name], results)
         if problem:
             return 0, problem
-        if used:
-            calls = ", ".join(sorted(used))
-            return 0, (f"`{check['function']}` uses {calls}: this exercise asks you to write it "
-                       "yourself, so this check scores 0 even though the values match")
         return check["points"], ""
 
     # -- the whole class
@@ -407,10 +430,12 @@ class Grader:
         """Changes when the submission or anything that grades it changes."""
         digest = hashlib.sha256(self._grading_fingerprint.encode())
         folder = self.submissions / student / self.assignment
-        for path in sorted(folder.rglob("*")) if folder.is_dir() else []:
-            if path.is_file():
-                digest.update(str(path.relative_to(folder)).encode() + b"\0")
-                digest.update(path.read_bytes() + b"\0")
+        for path in sorted(folder.rglob("*")) if folder.is_dir() and not folder.is_symlink() else []:
+            digest.update(str(path.relative_to(folder)).encode() + b"\0")
+            try:
+                digest.update(read_regular_file(path, NOTEBOOK_BYTES) + b"\0")
+            except OSError as exc:  # a link, a pipe, a folder, too large: its name and kind count
+                digest.update(type(exc).__name__.encode() + b"\0")
         return digest.hexdigest()
 
     @property
@@ -527,7 +552,7 @@ class Grader:
             source = REPO / "assignments" / self.assignment / self.spec.notebook
             nb = nbformat.read(source, as_version=4)
         else:
-            nb = nbformat.read(res.executed, as_version=4)
+            nb = res.executed
         by_cell: dict[str, list[CheckResult]] = {}
         for c in res.checks:
             by_cell.setdefault(self.manifest["checks"][c.check]["cell"], []).append(c)
@@ -601,20 +626,105 @@ def _without_recorder(text: str) -> str:
                    if "# added by the autograder" not in line)
 
 
-def _load_outputs(path: Path):
+def np_savez(buffer, arrays: dict) -> None:
     import numpy as np
 
-    got: dict[int, np.ndarray] = {}
-    error, traced = None, set()
-    with np.load(path, allow_pickle=False) as z:
-        for key in z.files:
-            if key.startswith("out."):
-                got[int(key[4:])] = z[key]
-            elif key == "error":
-                error = str(z[key])
-            elif key == "forbidden":
-                traced = {str(x) for x in z[key].ravel()}
+    np.savez(buffer, **arrays)
+
+
+def _outputs(arrays: dict):
+    """A record's arrays -> (outputs in order, error message or None, traced forbidden calls)."""
+    got, error, traced = {}, None, set()
+    for key, value in arrays.items():
+        if key.startswith("out."):
+            got[int(key[4:])] = value
+        elif key == "error":
+            error = str(value)
+        elif key == "forbidden":
+            traced = {str(x) for x in value.ravel()}
     return [got[i] for i in sorted(got)], error, traced
+
+
+def read_regular_file(path: Path, max_bytes: int) -> bytes:
+    """The bytes of ``path`` if it is a regular file of at most ``max_bytes``: never follows
+    a symbolic link, never blocks on a pipe or a device (OSError otherwise)."""
+    import errno
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        if info.st_size > max_bytes:
+            raise OSError(errno.EFBIG, f"larger than {max_bytes} bytes", str(path))
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read(max_bytes + 1)[:max_bytes]
+    finally:
+        os.close(fd)
+
+
+class Recording:
+    """What one run reported through its channel, in the grader's terms."""
+
+    def __init__(self, inbox: Inbox, nb):
+        self.records: dict[tuple[str, str], str] = {}
+        self.attested: dict[tuple[str, str], set[str]] = {}
+        self.forbidden: dict[str, set[str]] = {}
+        self.penalties: dict[str, str] = {}
+        self.notes: list[str] = []
+        self.status: dict | None = None
+        self.executed = None
+        cells: dict[int, dict] = {}
+        for m in inbox.messages:
+            kind = m["kind"]
+            if kind == "record":
+                key = (str(m.get("function")), str(m.get("case")))
+                self.records.setdefault(key, str(m.get("npz", "")))
+            elif kind == "cell" and isinstance(m.get("index"), int):
+                cells[m["index"]] = m
+            elif kind == "status":
+                self.status = m
+            elif kind == "flag":
+                self._flag(m)
+        if cells:
+            self.executed = _with_outputs(nb, cells)
+
+    def _flag(self, m: dict) -> None:
+        event, function = str(m.get("event")), m.get("function")
+        if event == "attest":
+            key = (str(function), str(m.get("case")))
+            self.attested.setdefault(key, set()).add(str(m.get("digest")))
+        elif event == "forbidden":
+            if function:
+                self.forbidden.setdefault(str(function), set()).add(str(m.get("name")))
+        else:
+            detail = str(m.get("detail", ""))[:400]
+            note = f"grading guard ({event}): {detail}"
+            if note not in self.notes:
+                self.notes.append(note)
+            if function and event in ("blocked", "thread", "untraced"):
+                self.penalties.setdefault(str(function), f"while `{function}` was recorded: {detail}")
+
+
+def _with_outputs(nb, cells: dict[int, dict]):
+    """The submitted notebook with each executed cell's reported outputs."""
+    executed = copy.deepcopy(nb)
+    for index, m in cells.items():
+        if 0 <= index < len(executed.cells) and executed.cells[index].cell_type == "code":
+            cell = executed.cells[index]
+            try:
+                cell.outputs = [nbformat.from_dict(o) for o in m.get("outputs") or []
+                                if isinstance(o, dict) and o.get("output_type") in
+                                ("stream", "display_data", "execute_result", "error")]
+                for out in cell.outputs:
+                    nbformat.validator.validate(out, ref="output", version=4, version_minor=5)
+            except Exception:  # anything malformed is dropped, never trusted
+                cell.outputs = [nbformat.v4.new_output(
+                    "stream", name="stderr", text="[autograder: this cell's output was malformed]\n")]
+            count = m.get("execution_count")
+            cell.execution_count = count if isinstance(count, int) else None
+    return executed
 
 
 def gradescope_results(res: SubmissionResult) -> dict:

@@ -27,3 +27,7 @@ c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
 # Cells whose grade comes from the trusted comparison may not be deleted or edited.
 c.LockCells.lock_grade_cells = True
 c.LockCells.lock_readonly_cells = True
+# Feedback shows what a submission printed and displayed: never run its scripts in the
+# browser of whoever opens it (script tags, event handlers and javascript: URLs are
+# removed from markdown and HTML outputs; images are kept).
+c.HTMLExporter.sanitize_html = True

@@ -22,8 +22,9 @@ number of processes of the whole submission, by the first mechanism that works h
 3. otherwise ``RLIMIT_NPROC`` over the grader's own user, raised by what it already runs.
 
 A wall-clock timeout ends the whole run; afterwards every process of the submission is
-killed. Without bubblewrap the same command runs with the limits only, and
-:attr:`Sandbox.sandboxed` is False so that every result says so.
+killed. Without bubblewrap the same command runs with the limits only, in a temporary
+folder removed afterwards, and :attr:`Sandbox.sandboxed` is False so that every result
+says so.
 """
 
 from __future__ import annotations
@@ -36,9 +37,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from autograder.channel import Inbox
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLIC_REPO_PARTS = ("lib", "autograder", "assignments", "course", ".venv", "pyproject.toml")
@@ -51,6 +56,9 @@ class Limits:
     memory_bytes: int = 6 << 30        # address space of each process
     cpu_seconds: int = 900             # CPU time of each process
     file_bytes: int = 256 << 20        # largest file a process may write
+    disk_bytes: int = 512 << 20        # everything the submission writes (the sandbox's /tmp)
+    shm_bytes: int = 64 << 20          # its shared memory (/dev/shm)
+    stream_bytes: int = 256 << 10      # what is kept of its standard output and error, each
     processes: int = 256               # tasks (processes and threads) of the submission's user
     wall_seconds: int = 600            # the whole notebook
     cell_seconds: int = 60             # each cell
@@ -62,6 +70,26 @@ class Result:
     stdout: str
     stderr: str
     timed_out: bool
+    inbox: Inbox = field(default_factory=Inbox)
+
+
+class _Capture(threading.Thread):
+    """Reads a stream to its end, keeping its first ``cap`` bytes."""
+
+    def __init__(self, stream, cap: int):
+        super().__init__(daemon=True)
+        self.stream, self.cap = stream, cap
+        self.kept, self.dropped = bytearray(), 0
+
+    def run(self) -> None:
+        while chunk := self.stream.read1(1 << 16):
+            room = self.cap - len(self.kept)
+            self.kept += chunk[:max(room, 0)]
+            self.dropped += max(len(chunk) - max(room, 0), 0)
+
+    def text(self) -> str:
+        text = self.kept.decode(errors="replace")
+        return text + (f"\n[{self.dropped:,} more bytes not kept]" if self.dropped else "")
 
 
 def _readable_by_others(path: Path) -> bool:
@@ -170,17 +198,24 @@ class Sandbox:
         root = hasattr(os, "geteuid") and os.geteuid() == 0
         self.own_users = root and all(_readable_by_others(p) for p in
                                       (sys.base_prefix, sys.prefix, REPO))
+        # root whose Python others cannot read: bubblewrap runs with root's rights and the
+        # sandbox's first command (autograder/drop.py) becomes the submission's user
+        self.drop_inside = root and self.sandboxed and not self.own_users
 
     def uid_for(self, slot: int) -> int | None:
         """The unprivileged user a submission in worker ``slot`` runs as (None: as ourselves)."""
-        if not self.own_users:
+        if not (self.own_users or self.drop_inside):
             return None
         return SANDBOX_UID_BASE + (os.getpid() % 500) * 32 + slot % 32
 
-    def _bwrap(self, workdir: Path, public_refs: Path | None) -> list[str]:
-        args = ["bwrap", "--unshare-user", "--uid", "1000", "--gid", "1000", "--cap-drop", "ALL",
-                "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
-                "--die-with-parent", "--new-session", "--hostname", "grading"]
+    WORK = "/tmp/work"
+
+    def _bwrap(self, public_refs: Path | None) -> list[str]:
+        args = ["bwrap"]
+        if not self.drop_inside:
+            args += ["--unshare-user", "--uid", "1000", "--gid", "1000", "--cap-drop", "ALL"]
+        args += ["--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+                 "--die-with-parent", "--new-session", "--hostname", "grading"]
         for top in ("/usr", "/etc", "/opt"):
             if os.path.isdir(top):
                 args += ["--ro-bind", top, top]
@@ -189,21 +224,30 @@ class Sandbox:
                 args += ["--symlink", os.readlink(top), top]
             elif os.path.isdir(top):
                 args += ["--ro-bind", top, top]
-        args += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--dir", "/tmp/home"]
+        args += ["--dev", "/dev", "--proc", "/proc",
+                 "--perms", "1777", "--size", str(self.limits.disk_bytes), "--tmpfs", "/tmp",
+                 "--perms", "1777", "--size", str(self.limits.shm_bytes), "--tmpfs", "/dev/shm",
+                 "--perms", "0777", "--dir", "/tmp/home", "--perms", "0777", "--dir", self.WORK]
         python_home = Path(os.path.realpath(sys.base_prefix))
-        args += ["--ro-bind", str(python_home), str(python_home)]
+        installs = [python_home]
         if not Path(sys.prefix).resolve().is_relative_to(REPO):
-            args += ["--ro-bind", sys.prefix, sys.prefix]
-        for part in PUBLIC_REPO_PARTS:
-            if (REPO / part).exists():
-                args += ["--ro-bind", str(REPO / part), str(REPO / part)]
+            installs.append(Path(sys.prefix))
+        installs += [REPO / part for part in PUBLIC_REPO_PARTS if (REPO / part).exists()]
+        bound, made = ("/usr", "/etc", "/opt", "/bin", "/sbin", "/lib", "/lib64", "/lib32"), set()
+        for install in installs:
+            for parent in reversed(install.parents):  # searchable by the submission's user
+                if str(parent) != "/" and parent not in made \
+                        and not any(parent.is_relative_to(top) for top in bound):
+                    args += ["--perms", "0755", "--dir", str(parent)]
+                    made.add(parent)
+            args += ["--ro-bind", str(install), str(install)]
         for private in PRIVATE_AUTOGRADER_PARTS:
             if (REPO / "autograder" / private).exists():
                 args += ["--tmpfs", str(REPO / "autograder" / private)]
         if public_refs is not None:
             target = REPO / "autograder" / "references" / public_refs.name
             args += ["--ro-bind", str(public_refs), str(target)]
-        args += ["--bind", str(workdir), str(workdir), "--chdir", str(workdir)]
+        args += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", self.WORK]
         return args
 
     def environment(self, workdir: Path) -> dict[str, str]:
@@ -219,13 +263,16 @@ class Sandbox:
         }
         if not self.sandboxed:  # limits only: point genlab at a copy of the public references
             env["GENLAB_REFERENCES"] = str(workdir / ".references")
+            env["TMPDIR"] = str(workdir / ".tmp")
         return env
 
-    def _preexec(self, uid: int | None, cgroup: Cgroup):
+    def _preexec(self, uid: int | None, runs_as: int | None, cgroup: Cgroup):
+        """Limits for the child; ``uid``: become that user here (``runs_as``: the user the
+        submission ends up as, here or inside the sandbox)."""
         lim = self.limits
         nproc = None
         if not cgroup.caps_processes:
-            nproc = lim.processes if uid is not None else _user_process_count() + lim.processes
+            nproc = lim.processes if runs_as is not None else _user_process_count() + lim.processes
 
         def set_limits():
             cgroup.enter()
@@ -242,40 +289,64 @@ class Sandbox:
 
         return set_limits
 
-    def run(self, argv: list[str], workdir: Path, public_refs: Path | None = None,
+    def run(self, argv: list[str], stdin: bytes = b"", public_refs: Path | None = None,
             slot: int = 0) -> Result:
-        """Run ``argv`` with ``workdir`` as its only writable folder; nothing outlives the timeout."""
+        """Run ``argv`` (where ``{channel_fd}`` stands for the write end of the result
+        channel) with ``stdin`` as its input; nothing outlives the timeout, nothing it
+        wrote stays behind."""
+        host_work = None if self.sandboxed else Path(tempfile.mkdtemp(prefix="genlab-grading-"))
+        workdir = Path(self.WORK) if self.sandboxed else host_work
         env = self.environment(workdir)
         uid = self.uid_for(slot)
+        read_end, write_end = os.pipe()
+        argv = [a.replace("{channel_fd}", str(write_end)) for a in argv]
         if self.sandboxed:
-            argv = self._bwrap(workdir, public_refs) + argv
+            if self.drop_inside:
+                argv = [sys.executable, "-m", "autograder.drop", str(uid), "--"] + argv
+            argv = self._bwrap(public_refs) + argv
         else:
-            Path(env["HOME"]).mkdir(parents=True, exist_ok=True)
-            refs = workdir / ".references"
-            if public_refs is not None and not refs.exists():
-                shutil.copytree(public_refs, refs / public_refs.name)
-        if uid is not None:
-            for path in [workdir, *workdir.rglob("*")]:
-                if not path.name == "rec" or path.parent != workdir:  # 'rec' stays unlistable
+            for folder in (env["HOME"], env["TMPDIR"]):
+                Path(folder).mkdir(parents=True, exist_ok=True)
+            if public_refs is not None:
+                shutil.copytree(public_refs, workdir / ".references" / public_refs.name)
+            if uid is not None:
+                for path in [workdir, *workdir.rglob("*")]:
                     os.chown(path, uid, uid, follow_symlinks=False)
         cgroup = Cgroup(f"genlab-{os.getpid()}-{secrets.token_hex(4)}", self.limits.processes,
                         self.limits.memory_bytes)
+        inbox = Inbox(max_bytes=self.limits.disk_bytes)
         try:
-            proc = subprocess.Popen(argv, cwd=workdir, env=env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True, start_new_session=True,
-                                    preexec_fn=self._preexec(uid, cgroup))
+            proc = subprocess.Popen(argv, cwd=workdir if host_work else "/", env=env,
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, start_new_session=True,
+                                    pass_fds=(write_end,),
+                                    preexec_fn=self._preexec(None if self.drop_inside else uid, uid, cgroup))
+            os.close(write_end)
+            readers = [_Capture(proc.stdout, self.limits.stream_bytes),
+                       _Capture(proc.stderr, self.limits.stream_bytes),
+                       threading.Thread(target=inbox.read_all, args=(read_end,), daemon=True)]
+            for reader in readers:
+                reader.start()
+            threading.Thread(target=_feed, args=(proc.stdin, stdin), daemon=True).start()
             try:
-                out, err = proc.communicate(timeout=self.limits.wall_seconds)
-                result = Result(proc.returncode, out, err, timed_out=False)
+                proc.wait(timeout=self.limits.wall_seconds)
+                timed_out = False
             except subprocess.TimeoutExpired:
-                result = Result(None, "", "", timed_out=True)
-            self._kill(proc, uid, cgroup, result)
+                timed_out = True
+            self._kill(proc, uid, cgroup)
+            for reader in readers:
+                reader.join(timeout=10)
+            result = Result(None if timed_out else proc.returncode, readers[0].text(),
+                            readers[1].text(), timed_out, inbox)
         finally:
             cgroup.kill_and_remove()
+            os.close(read_end)
+            if host_work is not None:
+                _remove(host_work)
         return result
 
     @staticmethod
-    def _kill(proc: subprocess.Popen, uid: int | None, cgroup: Cgroup, result: Result) -> None:
+    def _kill(proc: subprocess.Popen, uid: int | None, cgroup: Cgroup) -> None:
         """End every process of the submission: its session, its cgroup, its user."""
         try:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -284,10 +355,27 @@ class Sandbox:
         cgroup.kill_and_remove()
         if uid is not None:
             _kill_user(uid)
-        if result.timed_out:
-            try:
-                out, err = proc.communicate(timeout=10)
-                result.stdout, result.stderr = out or "", err or ""
-            except subprocess.TimeoutExpired:  # a grandchild outside our reach holds the pipe
-                proc.kill()
+        proc.kill()
         proc.wait()
+
+
+def _feed(pipe, data: bytes) -> None:
+    try:
+        pipe.write(data)
+        pipe.close()
+    except (BrokenPipeError, OSError):  # the run ended before reading its job
+        pass
+
+
+def _remove(folder: Path) -> None:
+    """Remove a work folder whatever the submission did to its permissions."""
+    def retry(function, path, _):
+        try:
+            os.chmod(os.path.dirname(path), 0o700)
+            if not os.path.islink(path):
+                os.chmod(path, 0o700)
+            function(path)
+        except OSError:
+            pass
+
+    shutil.rmtree(folder, onerror=retry)

@@ -26,6 +26,35 @@ TOLERANCE_FLOOR = {
 }
 
 
+# torch's attention kernels under their private names: the functions in torch's namespace
+# (builtins) and the aten operators behind them (``torch.ops.aten.<name>``; a source that
+# names ``torch.ops.aten.<name>.default`` names the operator too). Names a torch version
+# lacks are skipped. Not ``....default`` itself: a forbidden name's last part is matched
+# against string constants, and "default" is a common string.
+TORCH_ATTENTION_KERNELS = (
+    "_scaled_dot_product_attention_math",
+    "_scaled_dot_product_attention_math_for_mps",
+    "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_flash_attention_for_cpu",
+    "_scaled_dot_product_efficient_attention",
+    "_scaled_dot_product_cudnn_attention",
+    "_scaled_dot_product_fused_attention_overrideable",
+    "_native_multi_head_attention",
+    "_triton_scaled_dot_attention",
+    "_triton_multi_head_attention",
+)
+# torch's own attention under every name a submission could reach it by: forbidden wherever
+# an assignment asks for attention written from scratch (assignments 1, 3 and 5)
+TORCH_ATTENTION_CALLS = (
+    "torch.nn.functional.scaled_dot_product_attention",
+    "torch.nn.functional.multi_head_attention_forward",
+    "torch.nn.MultiheadAttention",
+    "torch.ops.aten.scaled_dot_product_attention",
+    *(f"torch.{name}" for name in TORCH_ATTENTION_KERNELS),
+    *(f"torch.ops.aten.{name}" for name in TORCH_ATTENTION_KERNELS),
+)
+
+
 @dataclass
 class CaseSpec:
     """One call of the graded function: ``make()`` returns its keyword arguments

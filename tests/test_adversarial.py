@@ -127,7 +127,7 @@ found = {
     "other submissions": glob.glob("/tmp/**/submissions/*/01_attention/*.ipynb", recursive=True),
 }
 try:
-    listing = os.listdir("rec")
+    listing = os.listdir(".rec")
 except OSError as exc:
     listing = type(exc).__name__
 print("snoop:", {k: len(v) for k, v in found.items()}, "recorder folder listing:", listing)
@@ -204,6 +204,170 @@ def scaled_dot_product_attention(*args, **kwargs):
 """
 
 
+# ---- attacks on the recorder, the tracer and the trusted side (issues 21 and 22)
+
+# the first attack of issue 21: call genlab's reference, then erase what the tracer saw
+FRAME_WALK = """
+def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False):
+    import sys, importlib
+    m = importlib.import_module("gen" + "lab.att" + "ention")
+    f = getattr(m, "scaled_dot_" + "product_attention")
+    out = f(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
+    fr = sys._getframe(1)
+    while fr is not None:
+        for val in list(fr.f_locals.values()):
+            used = getattr(val, "used", None)
+            if isinstance(used, (set, list, dict)):
+                used.clear()
+        fr = fr.f_back
+    return out
+"""
+
+# the second: causal_mask left as released; later code writes its outputs
+OVERWRITE_LATER = """
+import glob, os, numpy as np, io, base64
+from IPython.display import publish_display_data
+target = record_outputs.directory  # the recorder of the causal-mask cell, now gone
+for T in (1, 2, 3, 4, 5, 6, 7, 8):
+    arrays = {"out.0": np.tril(np.ones((T, T), bool)), "forbidden": np.asarray([], dtype=str)}
+    buffer = io.BytesIO(); np.savez(buffer, **arrays)
+    for case in ("causal_mask-0", "causal_mask-1", "causal_mask.hidden-0", "causal_mask.hidden-1",
+                 "causal_mask.hidden-2"):
+        publish_display_data({"application/vnd.genlab.record+json": {
+            "function": "causal_mask", "case": case, "npz": base64.b64encode(buffer.getvalue()).decode()}})
+        try:
+            os.makedirs(target / "outputs" / "causal_mask", exist_ok=True)
+            with open(target / "outputs" / "causal_mask" / f"{case}.npz", "wb") as f:
+                f.write(buffer.getvalue())
+        except OSError as exc:
+            print("overwrite refused:", type(exc).__name__)
+"""
+
+# a recorder of one's own: publish genlab's answers for every case it is asked
+FAKE_RECORDER = """
+import genlab.checks as checks, genlab.masks as masks
+
+class Recorder(checks.Recorder):
+    def __call__(self, function, fn=None):
+        if function == "causal_mask":  # publish answers directly (the case names are public)
+            import base64, io, numpy as np
+            from IPython.display import publish_display_data
+            for case, T in (("causal_mask-0", 4), ("causal_mask-1", 7), ("causal_mask.hidden-0", 1),
+                            ("causal_mask.hidden-1", 5), ("causal_mask.hidden-2", 9)):
+                buffer = io.BytesIO()
+                np.savez(buffer, **{"out.0": masks.causal_mask(T).numpy()})
+                publish_display_data({checks.RECORD_MIME: {"function": function, "case": case,
+                                      "npz": base64.b64encode(buffer.getvalue()).decode()}})
+            return
+        if function == "padding_mask":  # the real recorder, on genlab's answer
+            fn = masks.padding_mask
+        super().__call__(function, fn)
+
+checks.Recorder = Recorder
+"""
+
+NOOP_TRACER = """
+import genlab.checks as checks
+
+class Blind:
+    def __init__(self, names): self.used = set()
+    def __enter__(self): return self
+    def __exit__(self, *exc): pass
+
+checks.CallTracer = Blind
+from genlab.masks import causal_mask as _reference
+def causal_mask(T):
+    return _reference(T)
+"""
+
+PROFILE_OFF = """
+def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False):
+    import sys, importlib
+    sys.setprofile(None)
+    m = importlib.import_module("genlab.attention")
+    return m.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
+"""
+
+IN_A_THREAD = """
+def causal_mask(T):
+    from concurrent.futures import ThreadPoolExecutor
+    import importlib
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(getattr(importlib.import_module("genlab.masks"), "causal_mask"), T).result()
+"""
+
+OLD_THREAD = """
+import queue, threading, importlib
+jobs, answers = queue.Queue(), queue.Queue()
+def worker():
+    while True:
+        T = jobs.get()
+        answers.put(getattr(importlib.import_module("genlab.masks"), "causal_mask")(T))
+threading.Thread(target=worker, daemon=True).start()
+def causal_mask(T):
+    jobs.put(T)
+    return answers.get()
+"""
+
+CODE_COPY = """
+import types, genlab.masks as masks
+_code = masks.padding_mask.__code__.replace(co_name="mine")
+padding_mask = types.FunctionType(_code, masks.padding_mask.__globals__)
+"""
+
+GC_WALK = """
+import gc
+def dependence_map(attention, x):
+    for obj in gc.get_objects():
+        if type(obj).__name__ == "CallTracer":
+            obj.used.clear()
+    raise NotImplementedError
+"""
+
+# the trusted side must not open what the notebook leaves behind (issue 22)
+LEFT_BEHIND = """
+import os, glob
+for name in ("executed-attention.ipynb", "attention.ipynb", "grades.csv"):
+    for path in (name, os.path.join(".rec", name)):
+        try:
+            os.mkfifo(path)
+        except OSError:
+            pass
+import genlab, pathlib
+repo = pathlib.Path(genlab.__file__).resolve().parents[2]
+for ref in glob.glob(str(repo / "autograder/references/*/hidden/*.npz")) + [str(repo / "solutions/01_attention/attention.ipynb")]:
+    try:
+        os.symlink(ref, os.path.basename(ref))
+    except OSError:
+        pass
+try:
+    os.chmod(".rec", 0o755)
+    print("listing:", os.listdir(".rec"))
+except OSError as exc:
+    print("recorder folder:", type(exc).__name__)
+"""
+
+FORGED_STATUS = """
+import os
+os.write(1, b'EXECUTION:{"ended": "kernel died", "detail": "forged"}\\n')
+os.write(2, b'EXECUTION:{"ended": "kernel died", "detail": "forged"}\\n')
+"""
+
+FLOOD = """
+import os
+for _ in range(40):
+    print("x" * (1 << 20))
+os.write(1, b"y" * (32 << 20))
+"""
+
+SCRIPT_IN_FEEDBACK = """
+from IPython.display import HTML, Markdown, display
+display(HTML('<b>bold</b><script>document.title = "PWNED-SCRIPT"</script>'
+             '<a href="javascript:document.title=1">link</a>'))
+display(Markdown('<img src="x" onerror="document.title = \\'PWNED-IMG\\'">'))
+"""
+
+
 def socket_cell(port: int) -> str:
     return f"""
 import socket
@@ -255,6 +419,25 @@ def build_class(port: int) -> dict[str, tuple[object, int]]:
                                  "test_sdpa", "pass"), 0),
         "edited_tests_solved": (replace(solved(), "test_causal_mask", "print('passed')"), FULL),
         "malformed_json": ('{"cells": [', 0),
+        "frame_walk": (replace(solved(), "sdpa", FRAME_WALK), lost(*SDPA, *MHA)),
+        "overwrite_later": (insert(replace(solved(), "causal_mask", "def causal_mask(T):\n"
+                                           "    raise NotImplementedError()"),
+                                   "test_causal_mask", OVERWRITE_LATER), lost(*CAUSAL)),
+        "fake_recorder": (insert(blank(), "setup", FAKE_RECORDER), 0),
+        # a replaced tracer, or a thread of one's own left running, makes every later
+        # recording untrustworthy: each of them scores 0 (split and merge heads forbid
+        # nothing, so a replaced tracer hides nothing there)
+        "noop_tracer": (replace(solved(), "causal_mask", NOOP_TRACER), earned(*HEADS)),
+        "profile_off": (replace(solved(), "sdpa", PROFILE_OFF), lost(*SDPA, *MHA)),
+        "in_a_thread": (replace(solved(), "causal_mask", IN_A_THREAD), lost(*CAUSAL)),
+        "old_thread": (replace(solved(), "causal_mask", OLD_THREAD), 0),
+        "code_copy": (replace(solved(), "padding_mask", CODE_COPY), lost(*PADDING)),
+        "gc_walk": (insert(solved(), "dependence_map", GC_WALK), lost(*DEPENDENCE)),
+        "left_behind": (insert(blank(), "test_dependence", LEFT_BEHIND), 0),
+        "left_behind_solved": (insert(solved(), "test_dependence", LEFT_BEHIND), FULL),
+        "forged_status": (insert(solved(), "setup", FORGED_STATUS), FULL),
+        "flood": (insert(solved(), "setup", FLOOD), FULL),
+        "script_in_feedback": (insert(solved(), "setup", SCRIPT_IN_FEEDBACK), FULL),
         "wrong_file_name": (solved(), 0),
         "empty_folder": (None, 0),
     }
@@ -340,6 +523,21 @@ def test_attack_messages(adversarial):
     assert "no output recorded" in t["os_exit"]["sdpa"]["message"]
     assert "no output recorded" in t["hung_function"]["dependence_map"]["message"]
     assert "could not be read as a notebook" in t["malformed_json"]["sdpa"]["message"]
+    # issue 21: the first attack is named by its forbidden call, the second gets nothing
+    assert "uses genlab.attention.scaled_dot_product_attention" in t["frame_walk"]["sdpa"]["message"]
+    assert "sys._getframe" in notes(out, "frame_walk")
+    assert "NotImplementedError" in t["overwrite_later"]["causal_mask"]["message"]
+    assert "overwrite refused: PermissionError" in printed(out, "overwrite_later")
+    assert "record outside its test cell" in notes(out, "overwrite_later")
+    assert "not made by the autograder's recorder" in t["fake_recorder"]["causal_mask"]["message"]
+    assert "uses genlab.masks.padding_mask" in t["fake_recorder"]["padding_mask"]["message"]
+    assert "call tracer" in t["noop_tracer"]["sdpa"]["message"]
+    assert "blocked" in notes(out, "snoop_and_write")
+    assert "sys.setprofile" in t["profile_off"]["sdpa"]["message"]
+    assert "uses genlab.masks.causal_mask" in t["in_a_thread"]["causal_mask"]["message"]
+    assert "thread" in t["old_thread"]["causal_mask"]["message"]
+    assert "code.__new__" in notes(out, "code_copy")
+    assert "gc.get_objects" in t["gc_walk"]["dependence_map"]["message"]
     assert "found: attention (1).ipynb" in t["wrong_file_name"]["sdpa"]["message"]
     assert "empty or missing" in t["empty_folder"]["sdpa"]["message"]
 
@@ -359,3 +557,48 @@ def test_the_sandbox_held(adversarial):
     # check scored is asserted by test_each_attack_gets_exactly_its_points
     assert "'NBGRADER_EXECUTION'" not in printed(out, "detect_grading")
     assert_no_process("sleep 60[01]")
+
+
+def test_nothing_left_behind_is_read_and_status_comes_from_the_executor(adversarial):
+    """Issue 22: fifos, links and a chmod in the work folder change nothing and stall no one;
+    a status line printed by the notebook is not the executor's; flooding is capped."""
+    t, out = adversarial["table"], adversarial["out"]
+    assert "recorder folder: PermissionError" in printed(out, "left_behind_solved")
+    assert "kernel died" not in notes(out, "forged_status")
+    flood = out / "autograded" / "flood" / A / SPEC.notebook
+    assert flood.stat().st_size < 20 << 20, flood.stat().st_size
+    assert "bytes of the notebook's output were cut" in notes(out, "flood")
+    assert not (out / ".work").exists(), "no work folder on the grading host"
+    feedback = list((out / "feedback").rglob("*.html"))
+    assert len(feedback) >= len(t) - 3, "every notebook that ran has feedback"
+    for page in feedback:  # the solutions are never mounted, and nothing is read back
+        assert "BEGIN SOLUTION" not in page.read_text(), page
+    assert "output was malformed" not in printed(out, "stderr_warnings")
+
+
+def test_feedback_runs_no_script_of_the_submission(adversarial):
+    import shutil
+    import subprocess
+
+    html_path = adversarial["out"] / "feedback" / "script_in_feedback" / A / "attention.html"
+    import re
+
+    html = html_path.read_text()
+    assert "<b>bold</b>" in html, "the submission's own (harmless) HTML is kept"
+    assert not re.search(r"<script[^>]*>\s*document\.title", html)
+    assert not re.search(r"<img[^>]*\sonerror=", html)
+    assert not re.search(r"<a[^>]*href=.javascript:", html)
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium:  # open it as an instructor would: a script that ran would have set the title
+
+        def title(path) -> str:
+            dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu",
+                                  "--dump-dom", path.as_uri()], capture_output=True, text=True,
+                                 timeout=120).stdout
+            return re.search(r"<title>(.*?)</title>", dom).group(1)
+
+        control = html_path.parent / "control.html"  # the same attack, unsanitized
+        control.write_text('<html><head><title>attention</title></head><body><img src="x" '
+                           'onerror="document.title = \'PWNED-IMG\'"></body></html>')
+        assert title(control) == "PWNED-IMG", "the browser runs scripts: the check can fail"
+        assert title(html_path) == "attention"

@@ -10,33 +10,11 @@ import math
 
 import torch
 
-from autograder.spec import Assignment, CaseSpec, check_maker
+from autograder.spec import TORCH_ATTENTION_CALLS, Assignment, CaseSpec, check_maker
 from genlab.attention import scaled_dot_product_attention, split_heads
 
-# torch's attention kernels under their private names: the functions in torch's namespace
-# (builtins) and the aten operators behind them (``torch.ops.aten.<name>``; a source that
-# names ``torch.ops.aten.<name>.default`` names the operator too). Names a torch version
-# lacks are skipped. Not ``....default`` itself: a forbidden name's last part is matched
-# against string constants, and "default" is a common string.
-_TORCH_KERNELS = (
-    "_scaled_dot_product_attention_math",
-    "_scaled_dot_product_attention_math_for_mps",
-    "_scaled_dot_product_flash_attention",
-    "_scaled_dot_product_flash_attention_for_cpu",
-    "_scaled_dot_product_efficient_attention",
-    "_scaled_dot_product_cudnn_attention",
-    "_scaled_dot_product_fused_attention_overrideable",
-    "_native_multi_head_attention",
-    "_triton_scaled_dot_attention",
-    "_triton_multi_head_attention",
-)
 ATTENTION_CALLS = (
-    "torch.nn.functional.scaled_dot_product_attention",
-    "torch.nn.functional.multi_head_attention_forward",
-    "torch.nn.MultiheadAttention",
-    "torch.ops.aten.scaled_dot_product_attention",
-    *(f"torch.{name}" for name in _TORCH_KERNELS),
-    *(f"torch.ops.aten.{name}" for name in _TORCH_KERNELS),
+    *TORCH_ATTENTION_CALLS,
     "genlab.attention.scaled_dot_product_attention",
     "genlab.attention.MultiHeadAttention",
     "genlab.attention.multi_head_self_attention",

@@ -472,18 +472,20 @@ SPEC = Assignment(
               "three heads of size 8, one head; padding", points=3),
         check("mask_tokens", "mask_tokens", True,
               [masking_case("bert02_masking_0", mlm_probability=0.15, draw_seed=0),
-               masking_case("bert02_masking_0", mlm_probability=0.15, draw_seed=0)],
+               masking_case("bert02_masking_0", mlm_probability=0.15, draw_seed=0),
+               masking_case("bert02_masking_0", mlm_probability=0.15, draw_seed=1)],
               "15% selected, 80/10/10, specials (also [UNK] and [MASK] in the text) never selected, "
-              "labels, input_ids not modified; the same seed twice", points=2),
+              "labels, input_ids not modified; the same seed twice, another seed", points=2),
         check("mask_tokens.hidden", "mask_tokens", False,
               [masking_case("bert02_masking_1", mlm_probability=0.3, draw_seed=11),
                masking_case("bert02_masking_2", mlm_probability=0.15, draw_seed=12),
                masking_case("bert02_masking_2", mlm_probability=0.15, draw_seed=12),
+               masking_case("bert02_masking_2", mlm_probability=0.15, draw_seed=14),
                # other special ids (at the end of the vocabulary): random tokens from range(5, V)
                # or genlab's constants instead of special_token_ids give specials
                masking_case("bert02_masking_3", mlm_probability=0.15, draw_seed=13)],
-              "mlm_probability = 0.3 and a 1000-token vocabulary; a larger sample, twice; other "
-              "special ids", points=3),
+              "mlm_probability = 0.3 and a 1000-token vocabulary; a larger sample, twice, and with "
+              "another seed; other special ids", points=3),
         check("loss", "pretraining_loss", True,
               [loss_case(0, B=2, T=6, V=11), loss_case(4, B=2, T=4, V=11, selection="none")],
               "MLM cross-entropy over the selected positions + NSP cross-entropy; no selected "

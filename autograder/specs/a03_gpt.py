@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 import genlab.properties.gpt  # noqa: F401  (registers the test models "genlab:gpt03_*")
-from autograder.spec import Assignment, CaseSpec, Check, check_maker
+from autograder.spec import TORCH_ATTENTION_CALLS, Assignment, CaseSpec, Check, check_maker
 from genlab.data import HMMLanguage, Vocab
 from genlab.decoder import GPT, GPTConfig, filter_logits
 from genlab.decoder import CausalSelfAttention as _GenlabAttention
@@ -411,8 +411,7 @@ def heldout_case(seed: int, n: int, rows: int | None = None, changed_after: int 
 # ------------------------------------------------------------------------------ checks
 
 ATTENTION_CALLS = (
-    "torch.nn.functional.scaled_dot_product_attention",
-    "torch.nn.MultiheadAttention",
+    *TORCH_ATTENTION_CALLS,
     "genlab.attention.scaled_dot_product_attention",
     "genlab.attention.torch_attention",
     "genlab.attention.MultiHeadAttention",

@@ -22,7 +22,7 @@ import math
 import torch
 import torch.nn as nn
 
-from autograder.spec import Assignment, CaseSpec, check_maker
+from autograder.spec import TORCH_ATTENTION_CALLS, Assignment, CaseSpec, check_maker
 from genlab import graphs, quantum
 from genlab.properties.graphs_quantum import angle_gradient, encode_labels
 
@@ -360,7 +360,7 @@ MATRIX_CALLS = PYRAMID_CALLS + ("genlab.quantum.x_gates", "genlab.quantum.butter
                                 "genlab.quantum.OrthogonalAttention", "genlab.quantum._apply_circuit",
                                 "genlab.quantum._circuit_wires")
 ATTENTION_CALLS = MATRIX_CALLS + ("genlab.attention.scaled_dot_product_attention",
-                                  "torch.nn.functional.scaled_dot_product_attention")
+                                  *TORCH_ATTENTION_CALLS)
 TRACING_CALLS = ("genlab.graphs.trace", "torch.utils.flop_counter.FlopCounterMode")
 
 # What every check of one function shares: its test cell, reference, comparison, bans.

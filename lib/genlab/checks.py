@@ -532,41 +532,6 @@ class AssignmentChecks:
 # ------------------------------------------------------------ in the kernel, at grading
 
 
-class Recorder:
-    """Runs a student's function on the grader's inputs and saves the outputs as arrays.
-
-    ``directory/inputs/<function>/*.npz`` hold inputs only; outputs go to
-    ``directory/outputs/<function>/<same name>.npz`` with keys ``out.<i>``, or ``error``.
-    Calls listed in ``inputs/<function>/forbidden.json`` are traced while the function
-    runs; the ones it made are saved under ``forbidden``. Scoring happens elsewhere.
-    """
-
-    def __init__(self, directory: str):
-        self.directory = Path(directory)
-
-    def __call__(self, function: str, fn: Callable | None = None) -> None:
-        inputs_dir = self.directory / "inputs" / function
-        out_dir = self.directory / "outputs" / function
-        out_dir.mkdir(parents=True, exist_ok=True)
-        forbidden_file = inputs_dir / "forbidden.json"
-        forbidden = json.loads(forbidden_file.read_text()) if forbidden_file.exists() else []
-        for path in sorted(inputs_dir.glob("*.npz")):
-            case = Case.load(path)
-            arrays: dict[str, np.ndarray] = {}
-            if not callable(fn):
-                arrays["error"] = np.asarray(f"`{function}` is not defined as a function")
-            else:
-                with CallTracer(forbidden) as tracer:
-                    outputs, error = run_case(fn, case)
-                for i, out in enumerate(outputs):
-                    arrays[f"out.{i}"] = out
-                if error:
-                    arrays["error"] = np.asarray(error)
-                arrays["forbidden"] = np.asarray(sorted(tracer.used), dtype=str)
-            write_npz(out_dir / path.name, arrays)
-        print(f"[autograder] recorded the outputs of `{function}`")
-
-
 def resolve(dotted: str) -> Any:
     """'torch.nn.functional.scaled_dot_product_attention' -> the object."""
     import importlib
@@ -623,12 +588,13 @@ class CallTracer:
     def _profile(self, frame, event, arg):
         if event == "call":
             name = self._codes.get(frame.f_code)
-            if name:
-                self.used.add(name)
         elif event == "c_call":
             name = self._builtins.get(id(arg))
-            if name:
-                self.used.add(name)
+        else:
+            return
+        if name:
+            self.used.add(name)
+            sys.audit("genlab.forbidden", name)  # the grading guard reports it at once
 
     def __enter__(self) -> "CallTracer":
         if self._codes or self._builtins:
@@ -639,3 +605,64 @@ class CallTracer:
     def __exit__(self, *exc) -> None:
         if self._codes or self._builtins:
             sys.setprofile(self._previous)
+
+
+RECORD_MIME = "application/vnd.genlab.record+json"
+
+
+class Recorder:
+    """Runs a student's function on the grader's inputs and records the outputs as arrays.
+
+    ``directory/inputs/<function>/*.npz`` hold inputs only. Calls listed in
+    ``inputs/<function>/forbidden.json`` are traced while the function runs; the ones it
+    made are saved under ``forbidden`` (and, under the grading guard, reported the moment
+    they happen). Each case's outputs (keys ``out.<i>``, or ``error``) are either written
+    to ``directory/outputs/<function>/<same name>.npz`` or, with ``publish=True`` (during
+    grading), published as a display message of the test cell, which the executor takes
+    out of the kernel at once; an audit event carries their sha256 to the grading guard
+    (``autograder.guard``), which attests that this code, and no other, recorded them.
+    Scoring happens elsewhere.
+    """
+
+    def __init__(self, directory: str, publish: bool = False):
+        self.directory = Path(directory)
+        self.publish = publish
+
+    def __call__(self, function: str, fn: Callable | None = None) -> None:
+        import base64
+        import hashlib
+        import io
+
+        inputs_dir = self.directory / "inputs" / function
+        forbidden_file = inputs_dir / "forbidden.json"
+        forbidden = json.loads(forbidden_file.read_text()) if forbidden_file.exists() else []
+        cases = [(path.stem, Case.load(path)) for path in sorted(inputs_dir.glob("*.npz"))]
+        sys.audit("genlab.record.begin", function, tuple(forbidden) if callable(fn) else ())
+        try:
+            for name, case in cases:
+                arrays: dict[str, np.ndarray] = {}
+                if not callable(fn):
+                    arrays["error"] = np.asarray(f"`{function}` is not defined as a function")
+                else:
+                    with CallTracer(forbidden) as tracer:
+                        outputs, error = run_case(fn, case)
+                    for i, out in enumerate(outputs):
+                        arrays[f"out.{i}"] = out
+                    if error:
+                        arrays["error"] = np.asarray(error)
+                    arrays["forbidden"] = np.asarray(sorted(tracer.used), dtype=str)
+                buffer = io.BytesIO()
+                np.savez(buffer, **arrays)
+                data = base64.b64encode(buffer.getvalue()).decode()
+                sys.audit("genlab.record.output", function, name, hashlib.sha256(data.encode()).hexdigest())
+                if self.publish:
+                    from IPython.display import publish_display_data
+
+                    publish_display_data({RECORD_MIME: {"function": function, "case": name, "npz": data}})
+                else:
+                    path = self.directory / "outputs" / function / f"{name}.npz"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_bytes(buffer.getvalue())
+        finally:
+            sys.audit("genlab.record.end", function)
+        print(f"[autograder] recorded the outputs of `{function}`")

@@ -120,10 +120,11 @@ def _rate_problem(what: str, count: int, total: int, p: float, z: float, of: str
             f"± {z * sd:.1%} ({z:g} standard deviations of a binomial)")
 
 
-def _same_inputs(a, b) -> bool:
+def _same_inputs(a, b, but: tuple[str, ...] = ()) -> bool:
+    """Do the two cases pass the same inputs (apart from those named in ``but``)?"""
     return a.inputs.keys() == b.inputs.keys() and all(
         a.inputs[k].dtype == b.inputs[k].dtype and np.array_equal(a.inputs[k], b.inputs[k])
-        for k in a.inputs)
+        for k in a.inputs if k not in but)
 
 
 def _masking_problem(outputs: list[np.ndarray], inputs: dict, params: dict) -> str | None:
@@ -219,7 +220,8 @@ def _masking_problem(outputs: list[np.ndarray], inputs: dict, params: dict) -> s
 @register("bert.mlm_masking")
 def mlm_masking(outputs_per_case, cases, params) -> str | None:
     """BERT's masking rules on every case; cases with identical inputs (the same generator
-    seed) must give identical outputs."""
+    seed) must give identical outputs, and cases that differ only in the generator's seed
+    different ones."""
     for i, (outputs, case) in enumerate(zip(outputs_per_case, cases)):
         problem = _masking_problem(outputs, case.inputs, params)
         if problem:
@@ -234,6 +236,13 @@ def mlm_masking(outputs_per_case, cases, params) -> str | None:
                             "same seed, but your results differ: draw every random number from "
                             "`generator` (torch.rand(..., generator=generator)), never from the "
                             "global RNG")
+            elif _same_inputs(cases[i], cases[j], but=("generator",)):
+                a, b = outputs_per_case[i], outputs_per_case[j]
+                if len(a) == len(b) and all(x.shape == y.shape and np.array_equal(x, y)
+                                            for x, y in zip(a, b)):
+                    return (f"cases {i + 1} and {j + 1} pass the same input with generators of "
+                            "different seeds, but your masks are identical: the selection must "
+                            "come from `generator`, not from the positions or a fixed seed")
     return None
 
 

@@ -204,6 +204,11 @@ def heldout_loss(log_probs: np.ndarray, input_ids: np.ndarray) -> float:
     return float(-picked.mean())
 
 
+# a trained model's log-probs are never this close to the exact Bayes posterior everywhere:
+# a forward pass over the HMM's own start, transition and emission probabilities is
+EXACT_POSTERIOR = 1e-3
+
+
 @register("gpt.heldout_loss")
 def heldout(outputs_per_case, cases, params) -> str | None:
     """Case 1: held-out sequences; case 2: some of them with the tokens after ``t`` replaced.
@@ -264,4 +269,9 @@ def heldout(outputs_per_case, cases, params) -> str | None:
     if loss < bayes - below:
         return (f"held-out loss {loss:.3f} nats is below the Bayes-optimal {bayes:.3f}: no causal model "
                 "can do that. Does position t see token t + 1?")
+    finite = np.isfinite(bayes_log_probs)
+    if np.abs(got[finite] - bayes_log_probs[finite]).max() < EXACT_POSTERIOR:
+        return ("these log-probabilities are the language's exact posterior (computed from the "
+                "generator's own parameters), not the predictions of the model you trained: "
+                "return what your trained GPT predicts")
     return None
