@@ -161,7 +161,7 @@ def graded(request, tmp_path_factory):
         expected[name] = points
     out = root / "out"
     run_cli("grade", assignment, "--submissions", str(root / "submissions"), "--out", str(out),
-            "--workers", "2", "--quiet", timeout=1800)
+            "--workers", "2", "--cell-timeout", "180", "--quiet", timeout=1800)
     with open(out / "grades.csv") as f:
         rows = list(csv.DictReader(f))
     table: dict[str, dict[str, dict]] = {}
