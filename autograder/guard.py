@@ -42,10 +42,12 @@ from __future__ import annotations
 
 import _thread
 import hashlib
+import inspect
 import json
 import os
 import sys
 import threading
+import types
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -161,14 +163,18 @@ def install(fd: int, forbidden: dict[str, list[str]] | None = None) -> None:
         """Threads other than this one that run the notebook's code, or that the notebook
         started (anything but the kernel's and its libraries' own threads)."""
         me, found = threading.get_ident(), []
-        for thread in threading.enumerate():
-            if thread.ident in (me, None) or thread is threading.main_thread():
+        for thread in threading.enumerate():  # read without running any of the thread's code
+            state = vars(thread)
+            if state.get("_ident") in (me, None) or thread is threading.main_thread():
                 continue
-            code = getattr(getattr(thread, "_target", None), "__code__", None) \
-                or getattr(type(thread).run, "__code__", None)
+            target = state.get("_target")
+            code = target.__code__ if isinstance(target, types.FunctionType) else None
+            run = inspect.getattr_static(type(thread), "run", None)
+            if code is None and isinstance(run, types.FunctionType):
+                code = run.__code__
             path = code.co_filename if code else ""
             if not any(f"/{p}/" in path for p in KERNEL_THREAD_PACKAGES):
-                found.append(f"thread {thread.name!r}")
+                found.append(f"thread {state.get('_name')!r}")
         for ident, frame in current_frames().items():
             if ident != me and notebook_on_stack(frame):
                 found.append(where(frame))
@@ -180,7 +186,7 @@ def install(fd: int, forbidden: dict[str, list[str]] | None = None) -> None:
     def traced_start_new_thread(function, args, kwargs=None):
         """Every new thread runs under the tracer that is active when it starts."""
         profile = active[-1] if active else None
-        if profile is None:
+        if profile is None:  # no tracer running (or not the real one: nothing to carry over)
             return start_new_thread(function, args, kwargs or {})
 
         def run(*a, **k):
@@ -233,12 +239,14 @@ def install(fd: int, forbidden: dict[str, list[str]] | None = None) -> None:
             if caller.f_code in tracer_codes and caller.f_back is not None \
                     and caller.f_back.f_code is record_code:
                 if event == "sys.setprofile" and caller.f_code.co_name == "__enter__":
-                    tracer = caller.f_locals.get("self")
-                    genuine = (type(tracer) is tracer_class
-                               and getattr(tracer._profile, "__func__", None) is profile_function)
-                    if recording and genuine and (tracer._codes, tracer._builtins) == recording[-1]["tables"]:
+                    tracer = caller.f_locals.get("self")  # (read without running its code)
+                    genuine = (type(tracer) is tracer_class and inspect.getattr_static(
+                        tracer_class, "_profile", None) is profile_function)
+                    state = vars(tracer) if genuine else {}
+                    if recording and genuine and \
+                            (state.get("_codes"), state.get("_builtins")) == recording[-1]["tables"]:
                         recording[-1]["traced"] = True
-                    active.append(tracer._profile)
+                    active.append(types.MethodType(profile_function, tracer) if genuine else None)
                 elif event == "sys.setprofile" and active:
                     active.pop()
                 return
@@ -250,7 +258,8 @@ def install(fd: int, forbidden: dict[str, list[str]] | None = None) -> None:
                 block(event, caller, f"no process may start while `{current()}` is recorded")
             return
         if event in PATH_EVENTS:
-            paths = [os.fsdecode(a) for a in args if isinstance(a, (str, bytes, os.PathLike))]
+            # str and bytes only: a path object's __fspath__ would run the notebook's code here
+            paths = [os.fsdecode(a) for a in args if isinstance(a, (str, bytes))]
             proc = event == "open" and paths and paths[0].startswith("/proc/") \
                 and paths[0].endswith(("/mem", "/environ"))
             if proc:
