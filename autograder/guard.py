@@ -56,7 +56,7 @@ GUARD_FORBIDDEN = "GENLAB_GUARD_FORBIDDEN"
 
 BLOCKED_FROM_NOTEBOOK = frozenset({
     "sys._getframe", "sys._current_frames", "gc.get_objects", "gc.get_referrers",
-    "gc.get_referents", "code.__new__", "sys.setprofile", "sys.settrace",
+    "gc.get_referents", "code.__new__", "sys.setprofile", "sys.settrace", "marshal.loads",
 })
 FRAME_ATTRIBUTES = frozenset({"tb_frame", "gi_frame", "cr_frame", "ag_frame", "f_back"})
 FUNCTION_ATTRIBUTES = frozenset({"__code__", "__defaults__", "__kwdefaults__", "__globals__"})
@@ -106,6 +106,15 @@ def install(fd: int, forbidden: dict[str, list[str]] | None = None) -> None:
                                  checks.CallTracer.__enter__, checks.CallTracer.__exit__,
                                  checks.CallTracer._profile, checks.CallTracer.__init__)}
     watches: dict[tuple, tuple] = {}  # forbidden names -> the real tracer's tables
+
+    def tables(names: tuple) -> tuple:
+        if names not in watches:
+            reference = tracer_class(list(names))
+            watches[names] = (reference._codes, reference._builtins)
+        return watches[names]
+
+    for names in trusted_names.values():  # resolved now, before any student code can swap them
+        tables(names)
     local = threading.local()
     recording: list[dict] = []  # the functions being recorded, innermost last
 
@@ -123,6 +132,15 @@ def install(fd: int, forbidden: dict[str, list[str]] | None = None) -> None:
         data = (dumps(message) + "\n").encode()
         while data:
             data = data[write(fd, data):]
+
+    def exact(value):
+        """A str or bytes argument as a plain str/bytes: a subclass's methods would run the
+        notebook's code inside the hook."""
+        if isinstance(value, str):
+            return str.__getitem__(value, slice(None))
+        if isinstance(value, bytes):
+            return bytes.__getitem__(value, slice(None))
+        return ""
 
     def untrusted(frame) -> bool:
         return not frame.f_code.co_filename.startswith(trusted)
@@ -168,13 +186,15 @@ def install(fd: int, forbidden: dict[str, list[str]] | None = None) -> None:
             if state.get("_ident") in (me, None) or thread is threading.main_thread():
                 continue
             target = state.get("_target")
+            if isinstance(target, types.MethodType):  # ipykernel's threads run bound methods
+                target = target.__func__
             code = target.__code__ if isinstance(target, types.FunctionType) else None
             run = inspect.getattr_static(type(thread), "run", None)
             if code is None and isinstance(run, types.FunctionType):
                 code = run.__code__
             path = code.co_filename if code else ""
             if not any(f"/{p}/" in path for p in KERNEL_THREAD_PACKAGES):
-                found.append(f"thread {state.get('_name')!r}")
+                found.append(f"thread {exact(state.get('_name'))!r}")
         for ident, frame in current_frames().items():
             if ident != me and notebook_on_stack(frame):
                 found.append(where(frame))
@@ -196,6 +216,15 @@ def install(fd: int, forbidden: dict[str, list[str]] | None = None) -> None:
 
     _thread.start_new_thread = traced_start_new_thread
     threading._start_new_thread = traced_start_new_thread
+    runner_code = next(c for c in traced_start_new_thread.__code__.co_consts
+                       if isinstance(c, types.CodeType) and c.co_name == "run")
+    real_getprofile = sys.getprofile
+
+    def getprofile():
+        """The notebook never gets the tracer (it could clear its tables)."""
+        return None if notebook_on_stack(getframe(1)) else real_getprofile()
+
+    sys.getprofile = getprofile
 
     def check_threads(function: str) -> None:
         threads = student_threads()
@@ -208,20 +237,18 @@ def install(fd: int, forbidden: dict[str, list[str]] | None = None) -> None:
         if event in RECORD_EVENTS:
             if event == "genlab.forbidden":
                 if caller.f_code is profile_code:
-                    report(event="forbidden", name=str(args[0]), function=current())
+                    report(event="forbidden", name=exact(args[0]), function=current())
                 return
             if caller.f_code is not record_code:
                 report(event="forged record", detail=f"{event} raised by {where(caller)}, not by "
-                       "the autograder's recorder", function=str(args[0]) if args else None)
+                       "the autograder's recorder", function=exact(args[0]) if args else None)
                 return
-            function = str(args[0])
+            function = exact(args[0])
             if event == "genlab.record.begin":
-                names = trusted_names.get(function, tuple(sorted(str(n) for n in args[1])))
-                if names not in watches:
-                    reference = tracer_class(list(names))
-                    watches[names] = (reference._codes, reference._builtins)
-                codes, builtins = watches[names]
-                recording.append({"function": function, "watch": bool(codes or builtins),
+                names = trusted_names.get(function, tuple(sorted(exact(n) for n in args[1])))
+                codes, builtins = tables(names)
+                runs_code = len(args) > 2 and args[2] is True  # False: no function to run
+                recording.append({"function": function, "watch": runs_code and bool(codes or builtins),
                                   "tables": (codes, builtins), "traced": False})
                 check_threads(function)
             elif event == "genlab.record.output" and recording:
@@ -230,7 +257,7 @@ def install(fd: int, forbidden: dict[str, list[str]] | None = None) -> None:
                     report(event="untraced", function=function, detail=f"`{function}` ran without "
                            "the autograder's call tracer (it was replaced or switched off)")
                 else:
-                    report(event="attest", function=function, case=str(args[1]), digest=str(args[2]))
+                    report(event="attest", function=function, case=exact(args[1]), digest=exact(args[2]))
                 state["traced"] = False
             elif event == "genlab.record.end" and recording:
                 recording.pop()
@@ -250,8 +277,11 @@ def install(fd: int, forbidden: dict[str, list[str]] | None = None) -> None:
                 elif event == "sys.setprofile" and active:
                     active.pop()
                 return
-            if notebook_on_stack(caller):
-                block(event, caller, "it would switch off the autograder's call tracer")
+            if caller.f_code is runner_code and not notebook_on_stack(caller):
+                return  # a thread started while recording takes on the tracer
+            if recording or notebook_on_stack(caller):
+                block(event, nearest_notebook(caller) or caller,
+                      "it would switch off the autograder's call tracer")
             return
         if event in PROCESS_EVENTS:
             if recording and notebook_on_stack(caller):
@@ -259,7 +289,7 @@ def install(fd: int, forbidden: dict[str, list[str]] | None = None) -> None:
             return
         if event in PATH_EVENTS:
             # str and bytes only: a path object's __fspath__ would run the notebook's code here
-            paths = [os.fsdecode(a) for a in args if isinstance(a, (str, bytes))]
+            paths = [os.fsdecode(exact(a)) for a in args if isinstance(a, (str, bytes))]
             proc = event == "open" and paths and paths[0].startswith("/proc/") \
                 and paths[0].endswith(("/mem", "/environ"))
             if proc:
@@ -272,15 +302,15 @@ def install(fd: int, forbidden: dict[str, list[str]] | None = None) -> None:
                 block(event, who, "the recorder's folder is the autograder's alone")
             return
         if event == "object.__getattr__":
-            if args[1] not in FRAME_ATTRIBUTES:
+            if exact(args[1]) not in FRAME_ATTRIBUTES:
                 return
         elif event in ("object.__setattr__", "object.__delattr__"):
-            target, name = args[0], args[1]
+            target, name = args[0], exact(args[1])
             if not (id(target) in protected or (name in FUNCTION_ATTRIBUTES and callable(target))):
                 return
         elif event == "compile":
-            filename = str(args[1]) if len(args) > 1 else ""
-            if not filename.startswith(trusted[:-1]):
+            filename = exact(args[1]) if len(args) > 1 else ""
+            if not filename.startswith(trusted):
                 return
         elif event not in BLOCKED_FROM_NOTEBOOK and not event.startswith("ctypes."):
             return

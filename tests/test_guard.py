@@ -189,3 +189,56 @@ def test_a_replaced_pipe_stops_the_kernel():
         print("still running")
         """)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 86 and "still running" not in proc.stdout, (proc.returncode, proc.stderr[-500:])
+
+
+def test_the_tracer_cannot_be_reached_replaced_or_outlived():
+    """Review findings: the tracer through sys.getprofile, sys.setprofile from a worker thread,
+    a decoy put in place of the reference before the first recording, a str subclass whose
+    methods would run inside the hook, code compiled under a frozen module's name."""
+    results, reports = run_cells({
+        "decoy": "import genlab.masks as m\nreal_mask = m.causal_mask\nm.causal_mask = lambda T: None",
+        "getprofile": textwrap.dedent("""
+            import sys
+            def f(T):
+                p = sys.getprofile()
+                if p is not None:
+                    p.__self__._codes.clear()
+                return real_mask(T)
+            record('causal_mask', f)
+            """),
+        "worker": textwrap.dedent("""
+            import sys
+            from concurrent.futures import ThreadPoolExecutor
+            def f(T):
+                with ThreadPoolExecutor(1) as pool:
+                    try:
+                        pool.submit(sys.setprofile, None).result()
+                    except PermissionError:
+                        pass
+                    return pool.submit(real_mask, T).result()
+            record('causal_mask', f)
+            """),
+        "str_subclass": textwrap.dedent("""
+            ran = []
+            class S(str):
+                def split(self, *a):
+                    ran.append(1)
+                    return []
+                def startswith(self, *a):
+                    ran.append(1)
+                    return False
+            try:
+                open(S('/tmp/.rec/x'))
+            except OSError:
+                pass
+            assert not ran, "the notebook's code ran inside the hook"
+            """),
+        "frozen_name": "exec(compile('import gc; gc.get_objects()', '<frozen x>', 'exec'))",
+    })
+    assert results["decoy"] == results["getprofile"] == results["worker"] == "ok", results
+    assert results["str_subclass"] == "ok", results  # no code of the subclass ran in the hook
+    assert any(r["event"] == "blocked" and r["detail"].startswith("open") for r in reports)
+    assert results["frozen_name"].startswith("PermissionError"), results
+    events = [(r["event"], r.get("function")) for r in reports]
+    assert events.count(("untraced", "causal_mask")) == 2, "the decoy makes the tracer's tables wrong"
+    assert any(r["event"] == "blocked" and r["detail"].startswith("sys.setprofile") for r in reports)

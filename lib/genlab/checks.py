@@ -637,24 +637,27 @@ class Recorder:
         forbidden_file = inputs_dir / "forbidden.json"
         forbidden = json.loads(forbidden_file.read_text()) if forbidden_file.exists() else []
         cases = [(path.stem, Case.load(path)) for path in sorted(inputs_dir.glob("*.npz"))]
-        sys.audit("genlab.record.begin", function, tuple(forbidden) if callable(fn) else ())
+        sys.audit("genlab.record.begin", function, tuple(forbidden), callable(fn))
         try:
             for name, case in cases:
-                arrays: dict[str, np.ndarray] = {}
-                if not callable(fn):
-                    arrays["error"] = np.asarray(f"`{function}` is not defined as a function")
-                else:
-                    with CallTracer(forbidden) as tracer:
+                # the whole record is made under the tracer: code the notebook may have put in
+                # place of what the recorder uses (numpy, base64, ...) runs traced too
+                with CallTracer(forbidden if callable(fn) else []) as tracer:
+                    arrays: dict[str, np.ndarray] = {}
+                    if not callable(fn):
+                        arrays["error"] = np.asarray(f"`{function}` is not defined as a function")
+                    else:
                         outputs, error = run_case(fn, case)
-                    for i, out in enumerate(outputs):
-                        arrays[f"out.{i}"] = out
-                    if error:
-                        arrays["error"] = np.asarray(error)
-                    arrays["forbidden"] = np.asarray(sorted(tracer.used), dtype=str)
-                buffer = io.BytesIO()
-                np.savez(buffer, **arrays)
-                data = base64.b64encode(buffer.getvalue()).decode()
-                sys.audit("genlab.record.output", function, name, hashlib.sha256(data.encode()).hexdigest())
+                        for i, out in enumerate(outputs):
+                            arrays[f"out.{i}"] = out
+                        if error:
+                            arrays["error"] = np.asarray(error)
+                        arrays["forbidden"] = np.asarray(sorted(tracer.used), dtype=str)
+                    buffer = io.BytesIO()
+                    np.savez(buffer, **arrays)
+                    data = base64.b64encode(buffer.getvalue()).decode()
+                    sys.audit("genlab.record.output", function, name,
+                              hashlib.sha256(data.encode()).hexdigest())
                 if self.publish:
                     from IPython.display import publish_display_data
 
