@@ -32,8 +32,6 @@ import hashlib
 import json
 import os
 import queue
-import base64
-import io
 import secrets
 import shutil
 import sys
@@ -49,7 +47,7 @@ import nbformat
 
 from autograder import references as refs
 from autograder import spec as spec_module
-from autograder.channel import Inbox, decode_npz
+from autograder.channel import Inbox, decode_npz, encode_npz
 from autograder.course import REPO, generate_release, nbgrader_config, nbgrader_environment
 from autograder.guard import digest
 from autograder.sandbox import Limits, Sandbox
@@ -339,9 +337,7 @@ class Grader:
                 graded[check["cell"]].append(function)
             entry = inputs.setdefault(function, {"cases": {}, "forbidden": []})
             for i, case in enumerate(self.cases[name]):
-                buffer = io.BytesIO()
-                np_savez(buffer, {f"in.{k}": v for k, v in case.inputs.items()})
-                entry["cases"][f"{name}-{i}"] = base64.b64encode(buffer.getvalue()).decode()
+                entry["cases"][f"{name}-{i}"] = encode_npz({f"in.{k}": v for k, v in case.inputs.items()})
             entry["forbidden"] = sorted(set(entry["forbidden"]) | set(check["forbidden"]))
         return {"notebook": nb, "graded": graded, "inputs": inputs,
                 "cell_timeout": self.sandbox.limits.cell_seconds}
@@ -624,12 +620,6 @@ def manual_answers(release, graded_cells: set[str]) -> dict[str, tuple[float, st
 def _without_recorder(text: str) -> str:
     return "".join(line for line in text.splitlines(keepends=True)
                    if "# added by the autograder" not in line)
-
-
-def np_savez(buffer, arrays: dict) -> None:
-    import numpy as np
-
-    np.savez(buffer, **arrays)
 
 
 def _outputs(arrays: dict):
