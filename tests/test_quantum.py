@@ -420,7 +420,7 @@ def test_patchify_cuts_row_by_row():
 def test_experiment_quick_mode(capsys):
     start = time.perf_counter()
     results = qvit_digits.main(["--quick"])
-    assert time.perf_counter() - start < 30  # about 4 s on an idle 2-core CPU
+    assert time.perf_counter() - start < 300  # hang guard only: about 4 s on an idle 2-core CPU
     table = capsys.readouterr().out
     assert "quick mode" in table
     assert [r.model for r in results] == list(qvit_digits.MODELS)
