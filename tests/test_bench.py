@@ -128,3 +128,20 @@ def test_gpu_check_says_when_there_is_no_gpu(tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "torch sees no CUDA device" in proc.stderr
     assert not any(tmp_path.iterdir()), "nothing ran"
+
+
+def test_bpe_tokenizer_bench_runs_at_toy_size(monkeypatch, capsys):
+    """Training and encoding rows for genlab and HF (tiktoken's when it is installed); the three
+    encoders give the same ids on every document (the bench checks them before timing)."""
+    bench = load_bench("bpe_tokenizer", monkeypatch)
+    results = bench.main(["--max-files", "12", "--vocab", "300", "--repeats", "1", "--workers", "2"])
+    out = capsys.readouterr().out
+    assert {"train genlab train_bpe, workers=1", "train genlab train_bpe, workers=2",
+            "train HF tokenizers BpeTrainer (all cores)", "encode genlab BPETokenizer, cache warm",
+            "encode HF tokenizers (1 thread)"} <= set(results)
+    assert all(t > 0 for t in results.values())
+    n_documents = int(out.split(" documents")[0].split()[-1].replace(",", ""))
+    assert f"HF {n_documents}/{n_documents}" in out
+    assert "target genlab (cache warm) within 5x of HF tokenizers" in out
+    if importlib.util.find_spec("tiktoken"):
+        assert f"tiktoken {n_documents}/{n_documents}" in out

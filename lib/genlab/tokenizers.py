@@ -79,7 +79,7 @@ GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+
 _PRETOKEN_RE = regex.compile(GPT2_PATTERN)
 
 # Below this many bytes per worker, counting runs in one process (starting workers costs more).
-_MIN_BYTES_PER_WORKER = 1 << 20
+_MIN_BYTES_PER_WORKER = 512 << 10
 # The largest chunk one process decodes at once (bounds the memory of counting a large file).
 _MAX_CHUNK_BYTES = 64 << 20
 # How far past the wanted chunk end to look for a safe cut (bytes read at a time).
@@ -237,9 +237,9 @@ def count_pretokens(input_path: str | os.PathLike, special_tokens: Iterable[str]
     """How often each pre-token (a ``str``) occurs in a UTF-8 text file.
 
     Special tokens are cut out first and not counted.  The file is read in
-    chunks of at most 64 MiB; with ``workers > 1`` and a file of at least
-    ``workers`` MiB, the chunks are counted in parallel processes
-    (``workers=None``: one per CPU core).  The counts are the same either way.
+    chunks of at most 64 MiB; with ``workers > 1``, the chunks are counted in
+    parallel processes (``workers=None``: one per CPU core), as many as the
+    file has half-MiBs.  The counts are the same either way.
     A file that is not UTF-8 is a ``ValueError`` naming the file and the byte
     offset of the first bad byte.
     """
