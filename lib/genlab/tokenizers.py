@@ -58,7 +58,7 @@ import json
 import multiprocessing
 import os
 import re as std_re
-from collections import Counter
+from collections import Counter, defaultdict
 from itertools import chain
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -316,12 +316,12 @@ def learn_merges(pretoken_counts: dict[str, int], vocab_size: int,
 
     pair_counts: dict[tuple[int, int], int] = {}
     # pair -> indices of the words that contain it, or once did: a merge skips words without the pair
-    where: dict[tuple[int, int], set[int]] = {}
+    where: defaultdict[tuple[int, int], set[int]] = defaultdict(set)
     for w, word in enumerate(words):
         n = word_counts[w]
         for pair in zip(word, word[1:]):
             pair_counts[pair] = pair_counts.get(pair, 0) + n
-            where.setdefault(pair, set()).add(w)
+            where[pair].add(w)
     heap = [(-n, key[a], key[b], (a, b)) for (a, b), n in pair_counts.items()]
     heapq.heapify(heap)
 
@@ -349,7 +349,7 @@ def learn_merges(pretoken_counts: dict[str, int], vocab_size: int,
             # rewrite each word that contains the pair, and change the counts of the pairs around each
             # merge site: x a b y becomes x c y, so (x, a) and (b, y) lose n, (x, c) and (c, y) gain n;
             # at back-to-back sites (a b a b -> c c) the pair between them, (b, a), becomes (c, c)
-            delta: dict[tuple[int, int], int] = {}
+            delta: defaultdict[tuple[int, int], int] = defaultdict(int)
             for w in where.pop(pair):
                 word = words[w]
                 n = word_counts[w]
@@ -374,15 +374,15 @@ def learn_merges(pretoken_counts: dict[str, int], vocab_size: int,
                         else:
                             left_old, left_new = (word[j - 1], a), (word[j - 1], new_id)
                         if left_old != pair:
-                            delta[left_old] = delta.get(left_old, 0) - n
-                        delta[left_new] = delta.get(left_new, 0) + n
-                        where.setdefault(left_new, set()).add(w)
+                            delta[left_old] -= n
+                        delta[left_new] += n
+                        where[left_new].add(w)
                     if j + 2 < length and not (word[j + 2] == a and j + 3 < length and word[j + 3] == b):
                         right_old, right_new = (b, word[j + 2]), (new_id, word[j + 2])
                         if right_old != pair:
-                            delta[right_old] = delta.get(right_old, 0) - n
-                        delta[right_new] = delta.get(right_new, 0) + n
-                        where.setdefault(right_new, set()).add(w)
+                            delta[right_old] -= n
+                        delta[right_new] += n
+                        where[right_new].add(w)
                     new_word.extend(word[copied:j])
                     new_word.append(new_id)
                     copied = search_from = j + 2
