@@ -51,8 +51,10 @@ site: setup
 demo: setup
 	$(PY) -m autograder demo --out demo-out
 
+# --dist loadfile: a module's tests stay on one worker, so a module-wide fixture (a graded
+# class of submissions) is built once, not once per worker
 test: setup
-	$(PY) -m pytest -n 2 -q
+	$(PY) -m pytest -n 2 --dist loadfile -q --durations=15
 
 release: setup
 	$(PY) -m autograder release all

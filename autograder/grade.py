@@ -36,8 +36,10 @@ import secrets
 import shutil
 import sys
 import threading
+import tempfile
 import time
 import warnings
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import as_completed as as_completed_futures
 from dataclasses import asdict, dataclass, field
@@ -45,6 +47,7 @@ from pathlib import Path
 
 import nbformat
 
+from autograder import grading_build
 from autograder import references as refs
 from autograder import spec as spec_module
 from autograder.channel import Inbox, decode_npz, encode_npz
@@ -265,6 +268,14 @@ class Grader:
             shutil.copy(self.references / entry["file"], public / entry["file"])
         refs.write_manifest(public, refs.public_manifest(self.manifest))
         self.public_references = public
+        self.library = self._grading_build()
+
+    def _grading_build(self) -> Path:
+        """genlab with this assignment's answer key shut (autograder/grading_build.py), in a
+        folder of its own that goes when the grader does."""
+        folder = Path(tempfile.mkdtemp(prefix=f"genlab-grading-{self.assignment}-"))
+        weakref.finalize(self, shutil.rmtree, folder, True)
+        return grading_build.build(self.assignment, grading_build.answer_key(self.spec), folder)
 
     def students(self) -> list[str]:
         if not self.submissions.is_dir():
@@ -345,7 +356,8 @@ class Grader:
     def _execute(self, nb, result: SubmissionResult, slot: int) -> "Recording":
         run = self.sandbox.run(
             [sys.executable, "-m", "autograder.execute", "--channel-fd", "{channel_fd}"],
-            stdin=json.dumps(self.job(nb)).encode(), public_refs=self.public_references, slot=slot)
+            stdin=json.dumps(self.job(nb)).encode(), public_refs=self.public_references, slot=slot,
+            library=self.library)
         recording = Recording(run.inbox, nb)
         status = recording.status
         if run.timed_out:
@@ -438,7 +450,8 @@ class Grader:
     def _grading_fingerprint(self) -> str:
         source = (REPO / "solutions" / self.assignment / self.spec.notebook).read_bytes()
         return hashlib.sha256(json.dumps(self.manifest["checks"], sort_keys=True).encode()
-                              + source + repr((self.sandbox.limits, self.sandbox.sandboxed)).encode()
+                              + source + repr((self.sandbox.limits, self.sandbox.sandboxed,
+                                               grading_build.answer_key(self.spec))).encode()
                               ).hexdigest()
 
     def previous(self, student: str) -> dict | None:

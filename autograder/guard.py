@@ -50,6 +50,9 @@ import threading
 import types
 from pathlib import Path
 
+import genlab
+import torch
+
 REPO = Path(__file__).resolve().parents[1]
 GUARD_FD = "GENLAB_GUARD_FD"
 GUARD_FORBIDDEN = "GENLAB_GUARD_FORBIDDEN"
@@ -83,6 +86,7 @@ FRAME_HELPERS = {"inspect.py": {"currentframe", "stack", "trace", "getouterframe
 def _trusted_roots() -> tuple[str, ...]:
     roots = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, sys.exec_prefix)}
     roots |= {str(REPO / "lib" / "genlab"), str(REPO / "autograder")}
+    roots.add(os.path.dirname(os.path.abspath(genlab.__file__)))  # the grading build, without the sandbox
     roots |= {p for p in (sys.prefix, sys.base_prefix)}
     return tuple(sorted(r.rstrip("/") + "/" for r in roots)) + ("<frozen ",)
 
@@ -100,11 +104,14 @@ def install(fd: int, forbidden: dict[str, list[str]] | None = None) -> None:
     record_code = checks.Recorder.__call__.__code__
     tracer_codes = {checks.CallTracer.__enter__.__code__, checks.CallTracer.__exit__.__code__}
     profile_code = checks.CallTracer._profile.__code__
+    hit_codes = {profile_code, checks._TorchCallWatch.__torch_function__.__code__,
+                 checks.CallTracer.__exit__.__code__}
     tracer_class, profile_function = checks.CallTracer, checks.CallTracer._profile
     trusted_names = {f: tuple(sorted(n)) for f, n in (forbidden or {}).items()}
     protected = {id(x) for x in (checks.Recorder, checks.CallTracer, checks.Recorder.__call__,
                                  checks.CallTracer.__enter__, checks.CallTracer.__exit__,
-                                 checks.CallTracer._profile, checks.CallTracer.__init__)}
+                                 checks.CallTracer._profile, checks.CallTracer.__init__,
+                                 checks._TorchCallWatch, checks._TorchCallWatch.__torch_function__)}
     watches: dict[tuple, tuple] = {}  # forbidden names -> the real tracer's tables
 
     def tables(names: tuple) -> tuple:
@@ -201,6 +208,7 @@ def install(fd: int, forbidden: dict[str, list[str]] | None = None) -> None:
         return found
 
     start_new_thread = _thread.start_new_thread
+    push_function_mode = torch._C._push_on_torch_function_stack
     active = []  # the profile functions of the tracers now running, innermost last
 
     def traced_start_new_thread(function, args, kwargs=None):
@@ -209,8 +217,12 @@ def install(fd: int, forbidden: dict[str, list[str]] | None = None) -> None:
         if profile is None:  # no tracer running (or not the real one: nothing to carry over)
             return start_new_thread(function, args, kwargs or {})
 
+        watch = vars(profile.__self__).get("_watch")  # its torch function mode, if any
+
         def run(*a, **k):
             sys.setprofile(profile)
+            if watch is not None:  # torch's mode stack is per thread
+                push_function_mode(watch)
             return function(*a, **k)
         return start_new_thread(run, args, kwargs or {})
 
@@ -236,7 +248,7 @@ def install(fd: int, forbidden: dict[str, list[str]] | None = None) -> None:
     def handle(event: str, args: tuple, caller) -> None:
         if event in RECORD_EVENTS:
             if event == "genlab.forbidden":
-                if caller.f_code is profile_code:
+                if caller.f_code in hit_codes:
                     report(event="forbidden", name=exact(args[0]), function=current())
                 return
             if caller.f_code is not record_code:

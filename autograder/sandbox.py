@@ -7,7 +7,8 @@ installation, and the public parts of the repository (``lib/``, ``assignments/``
 ``course/``, the autograder's code, the virtual environment). ``solutions/``, the hidden
 references, the grading specs, ``.git``, the gradebook, other submissions and the
 grading output are not there at all; the assignment's *public* references are mounted
-where the references live. The only writable places are a private ``/tmp`` and the
+where the references live, and the grading build of genlab (``grading_build.py``) where
+the library lives. The only writable places are a private ``/tmp`` and the
 submission's own work folder.
 
 Limits: address space, CPU time and file size of each process (``resource``); the
@@ -210,7 +211,7 @@ class Sandbox:
 
     WORK = "/tmp/work"
 
-    def _bwrap(self, public_refs: Path | None) -> list[str]:
+    def _bwrap(self, public_refs: Path | None, library: Path | None) -> list[str]:
         args = ["bwrap"]
         if not self.drop_inside:
             args += ["--unshare-user", "--uid", "1000", "--gid", "1000", "--cap-drop", "ALL"]
@@ -247,6 +248,8 @@ class Sandbox:
         if public_refs is not None:
             target = REPO / "autograder" / "references" / public_refs.name
             args += ["--ro-bind", str(public_refs), str(target)]
+        if library is not None:  # the grading build of genlab, where the library was
+            args += ["--ro-bind", str(library), str(REPO / "lib" / "genlab")]
         args += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", self.WORK]
         return args
 
@@ -290,10 +293,11 @@ class Sandbox:
         return set_limits
 
     def run(self, argv: list[str], stdin: bytes = b"", public_refs: Path | None = None,
-            slot: int = 0) -> Result:
+            slot: int = 0, library: Path | None = None) -> Result:
         """Run ``argv`` (where ``{channel_fd}`` stands for the write end of the result
         channel) with ``stdin`` as its input; nothing outlives the timeout, nothing it
-        wrote stays behind."""
+        wrote stays behind. ``library``: a ``genlab`` folder that replaces the library
+        (mounted in its place; without the sandbox, first on the import path)."""
         host_work = None if self.sandboxed else Path(tempfile.mkdtemp(prefix="genlab-grading-"))
         workdir = Path(self.WORK) if self.sandboxed else host_work
         env = self.environment(workdir)
@@ -303,8 +307,10 @@ class Sandbox:
         if self.sandboxed:
             if self.drop_inside:
                 argv = [sys.executable, "-m", "autograder.drop", str(uid), "--"] + argv
-            argv = self._bwrap(public_refs) + argv
+            argv = self._bwrap(public_refs, library) + argv
         else:
+            if library is not None:
+                env["PYTHONPATH"] = str(Path(library).parent)
             for folder in (env["HOME"], env["TMPDIR"]):
                 Path(folder).mkdir(parents=True, exist_ok=True)
             if public_refs is not None:

@@ -206,21 +206,33 @@ def scaled_dot_product_attention(*args, **kwargs):
 
 # ---- attacks on the recorder, the tracer and the trusted side (issues 21 and 22)
 
-# the first attack of issue 21: call genlab's reference, then erase what the tracer saw
-FRAME_WALK = """
-def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False):
-    import sys, importlib
-    m = importlib.import_module("gen" + "lab.att" + "ention")
-    f = getattr(m, "scaled_dot_" + "product_attention")
-    out = f(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
+# the walk through the callers' frames, clearing every tracer's record
+_WALK = """
     fr = sys._getframe(1)
     while fr is not None:
         for val in list(fr.f_locals.values()):
             used = getattr(val, "used", None)
             if isinstance(used, (set, list, dict)):
                 used.clear()
-        fr = fr.f_back
+        fr = fr.f_back"""
+
+# the first attack of issue 21: call genlab's reference, then erase what the tracer saw
+FRAME_WALK = """
+def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False):
+    import sys, importlib
+    m = importlib.import_module("gen" + "lab.att" + "ention")
+    f = getattr(m, "scaled_dot_" + "product_attention")
+    out = f(q, k, v, attn_mask=attn_mask, is_causal=is_causal)""" + _WALK + """
     return out
+"""
+
+# the same walk before the call: the grading build refuses genlab's function before the
+# first version gets to its walk, so this one shows the guard at work
+FRAME_WALK_FIRST = """
+def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False):
+    import sys, importlib""" + _WALK + """
+    m = importlib.import_module("gen" + "lab.att" + "ention")
+    return getattr(m, "scaled_dot_" + "product_attention")(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
 """
 
 # the second: causal_mask left as released; later code writes its outputs
@@ -245,7 +257,7 @@ for T in (1, 2, 3, 4, 5, 6, 7, 8):
 
 # a recorder of one's own: publish genlab's answers for every case it is asked
 FAKE_RECORDER = """
-import genlab.checks as checks, genlab.masks as masks
+import torch, genlab.checks as checks, genlab.masks as masks
 
 class Recorder(checks.Recorder):
     def __call__(self, function, fn=None):
@@ -255,7 +267,7 @@ class Recorder(checks.Recorder):
             for case, T in (("causal_mask-0", 4), ("causal_mask-1", 7), ("causal_mask.hidden-0", 1),
                             ("causal_mask.hidden-1", 5), ("causal_mask.hidden-2", 9)):
                 buffer = io.BytesIO()
-                np.savez(buffer, **{"out.0": masks.causal_mask(T).numpy()})
+                np.savez(buffer, **{"out.0": torch.ones(T, T, dtype=torch.bool).tril().numpy()})
                 publish_display_data({checks.RECORD_MIME: {"function": function, "case": case,
                                       "npz": base64.b64encode(buffer.getvalue()).decode()}})
             return
@@ -302,7 +314,10 @@ jobs, answers = queue.Queue(), queue.Queue()
 def worker():
     while True:
         T = jobs.get()
-        answers.put(getattr(importlib.import_module("genlab.masks"), "causal_mask")(T))
+        try:
+            answers.put(getattr(importlib.import_module("genlab.masks"), "causal_mask")(T))
+        except Exception as exc:  # the grading build refuses the call: stay alive all the same
+            answers.put(exc)
 threading.Thread(target=worker, daemon=True).start()
 def causal_mask(T):
     jobs.put(T)
@@ -313,6 +328,29 @@ CODE_COPY = """
 import types, genlab.masks as masks
 _code = masks.padding_mask.__code__.replace(co_name="mine")
 padding_mask = types.FunctionType(_code, masks.padding_mask.__globals__)
+"""
+
+# torch's fused attention called from C code (map), where sys.setprofile sees nothing
+SDPA_FROM_C = """
+import torch
+_own_sdpa = scaled_dot_product_attention
+def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False):
+    out, weights = _own_sdpa(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
+    fused = list(map(getattr(torch._C._nn, "scaled_dot_" + "product_attention"), [q], [k], [v]))[0]
+    return fused if attn_mask is None and not is_causal else out, weights
+"""
+
+# genlab's answers computed in an ordinary cell, where no recording watches, then looked up
+PRECOMPUTE = """
+import importlib
+_masks = importlib.import_module("genlab." + "masks")
+try:
+    _TABLE = {T: getattr(_masks, "causal_" + "mask")(T) for T in range(1, 129)}
+except Exception as exc:
+    print("precompute refused:", type(exc).__name__)
+    _TABLE = {}
+def causal_mask(T):
+    return _TABLE[T].clone()
 """
 
 GC_WALK = """
@@ -420,18 +458,20 @@ def build_class(port: int) -> dict[str, tuple[object, int]]:
         "edited_tests_solved": (replace(solved(), "test_causal_mask", "print('passed')"), FULL),
         "malformed_json": ('{"cells": [', 0),
         "frame_walk": (replace(solved(), "sdpa", FRAME_WALK), lost(*SDPA, *MHA)),
+        "frame_walk_first": (replace(solved(), "sdpa", FRAME_WALK_FIRST), lost(*SDPA, *MHA)),
         "overwrite_later": (insert(replace(solved(), "causal_mask", "def causal_mask(T):\n"
                                            "    raise NotImplementedError()"),
                                    "test_causal_mask", OVERWRITE_LATER), lost(*CAUSAL)),
         "fake_recorder": (insert(blank(), "setup", FAKE_RECORDER), 0),
         # a replaced tracer, or a thread of one's own left running, makes every later
-        # recording untrustworthy: each of them scores 0 (split and merge heads forbid
-        # nothing, so a replaced tracer hides nothing there)
-        "noop_tracer": (replace(solved(), "causal_mask", NOOP_TRACER), earned(*HEADS)),
+        # recording untrustworthy: each of them scores 0
+        "noop_tracer": (replace(solved(), "causal_mask", NOOP_TRACER), 0),
         "profile_off": (replace(solved(), "sdpa", PROFILE_OFF), lost(*SDPA, *MHA)),
         "in_a_thread": (replace(solved(), "causal_mask", IN_A_THREAD), lost(*CAUSAL)),
         "old_thread": (replace(solved(), "causal_mask", OLD_THREAD), 0),
         "code_copy": (replace(solved(), "padding_mask", CODE_COPY), lost(*PADDING)),
+        "sdpa_from_c": (insert(solved(), "sdpa", SDPA_FROM_C), lost(*SDPA, *MHA)),
+        "precompute": (replace(solved(), "causal_mask", PRECOMPUTE), lost(*CAUSAL)),
         "gc_walk": (insert(solved(), "dependence_map", GC_WALK), lost(*DEPENDENCE)),
         "left_behind": (insert(blank(), "test_dependence", LEFT_BEHIND), 0),
         "left_behind_solved": (insert(solved(), "test_dependence", LEFT_BEHIND), FULL),
@@ -488,7 +528,8 @@ def adversarial(tmp_path_factory):
 
 def printed(out, student) -> str:
     nb = nbformat.read(out / "autograded" / student / A / SPEC.notebook, as_version=4)
-    return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    return "".join(o.get("text", "") + o.get("evalue", "") for c in nb.cells if c.cell_type == "code"
+                   for o in c.outputs)
 
 
 def notes(out, student) -> str:
@@ -525,7 +566,8 @@ def test_attack_messages(adversarial):
     assert "could not be read as a notebook" in t["malformed_json"]["sdpa"]["message"]
     # issue 21: the first attack is named by its forbidden call, the second gets nothing
     assert "uses genlab.attention.scaled_dot_product_attention" in t["frame_walk"]["sdpa"]["message"]
-    assert "sys._getframe" in notes(out, "frame_walk")
+    assert "not available while grading" in printed(out, "frame_walk")  # the grading build
+    assert "sys._getframe" in notes(out, "frame_walk_first")
     assert "NotImplementedError" in t["overwrite_later"]["causal_mask"]["message"]
     assert "overwrite refused: PermissionError" in printed(out, "overwrite_later")
     assert "record outside its test cell" in notes(out, "overwrite_later")
@@ -538,6 +580,8 @@ def test_attack_messages(adversarial):
     assert "thread" in t["old_thread"]["causal_mask"]["message"]
     assert "code.__new__" in notes(out, "code_copy")
     assert "gc.get_objects" in t["gc_walk"]["dependence_map"]["message"]
+    assert "uses torch.nn.functional.scaled_dot_product_attention" in t["sdpa_from_c"]["sdpa"]["message"]
+    assert "precompute refused: NotAvailableWhileGrading" in printed(out, "precompute")
     assert "found: attention (1).ipynb" in t["wrong_file_name"]["sdpa"]["message"]
     assert "empty or missing" in t["empty_folder"]["sdpa"]["message"]
 

@@ -2,14 +2,20 @@
 own, larger class in test_adversarial.py). Each assignment's class is graded through the
 real CLI; each submission must get exactly the points it earned.
 
+In one solved notebook (``attacked``):
+
 * ``thread``: the graded function also runs genlab's reference, on its own arguments, in a
   worker thread (the name assembled from pieces, so only the run-time tracer can see it);
-* ``frame``: the graded function reaches for its caller's frame (``sys._getframe``);
+* ``frame``: another graded function reaches for its caller's frame (``sys._getframe``);
+* assignment 3: ``aten``, torch's fused attention through ``torch.ops.aten`` (its name
+  assembled from pieces) in ``CausalSelfAttention``.
+
+Each in a notebook of its own:
+
 * ``fake_recorder``: a blank notebook whose recorder records genlab's reference instead;
 * ``forged``: a blank notebook whose last cell publishes records for every function;
 * assignment 3: ``exact_posterior`` (the "trained model" answered by a forward pass over the
-  language's own parameters) and ``aten`` (torch's fused attention through
-  ``torch.ops.aten``, its name assembled from pieces).
+  language's own parameters).
 """
 
 from __future__ import annotations
@@ -130,12 +136,16 @@ def build_class(assignment: str) -> dict[str, tuple[object, int]]:
     cases = [(c.function, f"{c.name}-{i}") for c in a.checks for i in range(len(c.cases))]
     forged = blank()
     forged.cells.append(nbformat.v4.new_code_cell(FORGED.format(cases=cases)))
+    # the attacks on different functions share one solved notebook: each solved notebook of
+    # assignments 2 and 3 trains a model, the slowest part of grading
+    attacked = make_sample(assignment, {"solved": "all", "edit": {"attention": ATEN}}) \
+        if assignment == "03_gpt" else solved()
+    attacked = after(attacked, solution_cell(assignment, target),
+                     THREAD.format(f=target, r0=reference[:-3], r1=reference[-3:]))
+    attacked = after(attacked, solution_cell(assignment, framed), FRAME.format(f=framed))
     klass = {
-        "thread": (after(solved(), solution_cell(assignment, target),
-                         THREAD.format(f=target, r0=reference[:-3], r1=reference[-3:])),
-                   full - points_of(assignment, target)),
-        "frame": (after(solved(), solution_cell(assignment, framed), FRAME.format(f=framed)),
-                  full - points_of(assignment, framed)),
+        "attacked": (attacked, full - points_of(assignment, target, framed,
+                                                *(["CausalSelfAttention"] if assignment == "03_gpt" else []))),
         "fake_recorder": (first(blank(), FAKE_RECORDER.format(references=references)), 0),
         "forged": (forged, 0),
     }
@@ -143,8 +153,6 @@ def build_class(assignment: str) -> dict[str, tuple[object, int]]:
         klass["exact_posterior"] = (after(solved(), solution_cell(assignment, "next_token_logprobs"),
                                           EXACT_POSTERIOR),
                                     full - points_of(assignment, "next_token_logprobs"))
-        klass["aten"] = (make_sample(assignment, {"solved": "all", "edit": {"attention": ATEN}}),
-                         full - points_of(assignment, "CausalSelfAttention"))
     return klass
 
 
@@ -176,10 +184,10 @@ def test_each_attack_gets_exactly_its_points(graded):
     assert got == expected, {s: (got.get(s), expected[s]) for s in expected}
     target, reference, framed = TARGETS[assignment]
     by_function = {c.name: c.function for c in spec.load(assignment).checks}
-    messages = {f: [r["message"] for n, r in table["thread"].items() if by_function[n] == f]
+    messages = {f: [r["message"] for n, r in table["attacked"].items() if by_function[n] == f]
                 for f in (target,)}
     assert all(f"uses {reference}" in m for m in messages[target]), messages
-    frame = [r["message"] for n, r in table["frame"].items() if by_function[n] == framed]
+    frame = [r["message"] for n, r in table["attacked"].items() if by_function[n] == framed]
     assert all("sys._getframe" in m for m in frame), frame
     notes = json.loads((out / "forged" / "results.json").read_text())["output"]
     assert "record outside its test cell" in notes
@@ -187,5 +195,5 @@ def test_each_attack_gets_exactly_its_points(graded):
         exact = [r["message"] for n, r in table["exact_posterior"].items()
                  if by_function[n] == "next_token_logprobs"]
         assert all("exact posterior" in m for m in exact), exact
-        aten = [r["message"] for n, r in table["aten"].items() if by_function[n] == "CausalSelfAttention"]
+        aten = [r["message"] for n, r in table["attacked"].items() if by_function[n] == "CausalSelfAttention"]
         assert all("torch.ops.aten.scaled_dot_product_attention" in m for m in aten), aten

@@ -561,13 +561,43 @@ def _aten_builtins(obj: Any) -> list:
     return [op._op for op in ops if getattr(op, "_op", None) is not None]
 
 
+def _operator_name(op: Any) -> str | None:
+    """'aten::<name>' of an aten operator or one of its overloads; None for anything else."""
+    if isinstance(op, torch._ops.OpOverloadPacket):
+        return op._qualified_op_name
+    if isinstance(op, torch._ops.OpOverload):
+        return op._schema.name
+    return None
+
+
+class _TorchCallWatch(torch.overrides.TorchFunctionMode):
+    """The tracer's second pair of eyes: torch hands every call of its functions to the
+    active function modes, also when the caller is C code (``functools.partial``, ``map``)
+    that ``sys.setprofile`` cannot see."""
+
+    def __init__(self, tracer: "CallTracer"):
+        super().__init__()
+        self.tracer = tracer
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        tracer = self.tracer
+        name = tracer._builtins.get(id(func)) or tracer._operators.get(_operator_name(func))
+        if name:
+            tracer.used.add(name)
+            sys.audit("genlab.forbidden", name)  # the grading guard reports it at once
+        return func(*args, **(kwargs or {}))
+
+
 class CallTracer:
-    """Records which of the named callables run while it is active (via ``sys.setprofile``)."""
+    """Records which of the named callables run while it is active: Python calls and calls
+    of builtins from Python code via ``sys.setprofile``, calls of torch's functions and
+    operators from anywhere via a torch function mode."""
 
     def __init__(self, names: list[str]):
         self.used: set[str] = set()
         self._builtins: dict[int, str] = {}
         self._codes: dict[Any, str] = {}
+        self._operators: dict[str, str] = {}  # 'aten::<name>' -> forbidden name
         for name in names:
             try:
                 obj = inspect.unwrap(resolve(name))  # a decorated function's own code
@@ -584,6 +614,8 @@ class CallTracer:
                 self._builtins[id(obj)] = name
             for builtin in _aten_builtins(obj):
                 self._builtins[id(builtin)] = name
+            if _operator_name(obj):
+                self._operators[_operator_name(obj)] = name
 
     def _profile(self, frame, event, arg):
         if event == "call":
@@ -597,6 +629,9 @@ class CallTracer:
             sys.audit("genlab.forbidden", name)  # the grading guard reports it at once
 
     def __enter__(self) -> "CallTracer":
+        self._watch = _TorchCallWatch(self) if self._builtins or self._operators else None
+        if self._watch is not None:
+            self._watch.__enter__()
         if self._codes or self._builtins:
             self._previous = sys.getprofile()
             sys.setprofile(self._profile)
@@ -605,6 +640,14 @@ class CallTracer:
     def __exit__(self, *exc) -> None:
         if self._codes or self._builtins:
             sys.setprofile(self._previous)
+        if self._watch is not None:
+            stack = torch.overrides._get_current_function_mode_stack()
+            if not stack or stack[-1] is not self._watch:  # the watched code took it off
+                name = "torch's function-mode stack (the call tracer's watch was taken off it)"
+                self.used.add(name)
+                sys.audit("genlab.forbidden", name)
+            else:
+                self._watch.__exit__(None, None, None)
 
 
 RECORD_MIME = "application/vnd.genlab.record+json"
