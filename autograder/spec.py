@@ -58,10 +58,17 @@ TORCH_ATTENTION_CALLS = (
 @dataclass
 class CaseSpec:
     """One call of the graded function: ``make()`` returns its keyword arguments
-    (tensors, numbers, or "genlab:<name>" callables); ``meta`` describes it in messages."""
+    (tensors, numbers, or "genlab:<name>" callables); ``meta`` describes it in messages.
+
+    ``kind`` names the behaviour the case exercises ("" for the plain one): a causal mask
+    with Tq < Tk, a fully masked row, targets of -100. Other values, shapes, dtypes and
+    seeds are the same kind. The rule (tests/test_public_checks.py): every kind a hidden
+    case tests, a public case of the same function shows first; hidden cases guard against
+    hard-coded answers, never against a behaviour the student could not check."""
 
     make: Callable[[], dict]
     meta: dict
+    kind: str = ""
 
 
 @dataclass
@@ -91,6 +98,10 @@ class Assignment:
     # Sample submissions for `make demo`: name -> how to make it from the source notebook
     # (see samples.py); with the points each must score.
     samples: dict[str, dict] = field(default_factory=dict)
+    # genlab pieces that checks forbid but the notebook's own cells call (a demo, a
+    # comparison): they keep working while grading; every other forbidden genlab piece is
+    # shut by the grading build (autograder/grading_build.py)
+    notebook_uses: tuple[str, ...] = ()
 
     @property
     def max_points(self) -> int:

@@ -40,7 +40,8 @@ def padding_case(seed: int, B: int, T: int, dtype: str = "int64", rows: str = "r
         attention_mask = (torch.arange(T)[None, :] < lengths[:, None]).to(getattr(torch, dtype))
         return {"attention_mask": attention_mask}
 
-    return CaseSpec(make=make, meta={"B": B, "T": T, "dtype": dtype, "seed": seed, "rows": rows})
+    return CaseSpec(make=make, meta={"B": B, "T": T, "dtype": dtype, "seed": seed, "rows": rows},
+                    kind="a row without padding and a fully padded row" if rows == "edge" else "")
 
 
 def sdpa_case(seed: int, B=1, H=2, Tq=4, Tk=4, D=8, Dv=None, dtype="float32",
@@ -68,8 +69,14 @@ def sdpa_case(seed: int, B=1, H=2, Tq=4, Tk=4, D=8, Dv=None, dtype="float32",
             inputs["is_causal"] = True
         return inputs
 
+    kind = {"none": "", "padding": "padding mask", "random": "boolean mask",
+            "fully_masked": "a fully masked query row", "causal": "is_causal"}[mask]
+    if mask == "causal" and Tq != Tk:
+        kind += ", Tq < Tk" if Tq < Tk else ", Tq > Tk"
+    if Dv != D:
+        kind += ", Dv != D"
     return CaseSpec(make=make, meta={"B": B, "H": H, "Tq": Tq, "Tk": Tk, "D": D, "Dv": Dv,
-                                     "dtype": dtype, "mask": mask, "seed": seed})
+                                     "dtype": dtype, "mask": mask, "seed": seed}, kind=kind)
 
 
 def heads_case(seed: int, B: int, T: int, C: int, H: int, split: bool, dtype="float32") -> CaseSpec:
@@ -98,7 +105,8 @@ def mha_case(seed: int, B=2, T=5, C=8, H=2, dtype="float32", mask="none") -> Cas
         return inputs
 
     return CaseSpec(make=make, meta={"B": B, "T": T, "C": C, "n_heads": H, "dtype": dtype,
-                                     "mask": mask, "seed": seed})
+                                     "mask": mask, "seed": seed},
+                    kind={"none": "", "causal": "is_causal", "padding": "padding mask"}[mask])
 
 
 def dependence_case(seed: int, attention: str, B=1, T=6, C=8) -> CaseSpec:
@@ -106,7 +114,8 @@ def dependence_case(seed: int, attention: str, B=1, T=6, C=8) -> CaseSpec:
         return {"attention": f"genlab:{attention}",
                 "x": torch.randn(B, T, C, generator=_gen(seed), dtype=torch.float64)}
 
-    return CaseSpec(make=make, meta={"attention": attention, "B": B, "T": T, "C": C, "seed": seed})
+    return CaseSpec(make=make, meta={"attention": attention, "B": B, "T": T, "C": C, "seed": seed},
+                    kind="a batch" if B > 1 else "")
 
 
 # ------------------------------------------------------------------------- known bugs
@@ -203,9 +212,9 @@ PER_FUNCTION = {
         cell="test_sdpa", reference="genlab.attention.scaled_dot_product_attention",
         outputs=("output", "weights"), forbidden=ATTENTION_CALLS, bugs=SDPA_BUGS),
     "split_heads": dict(cell="test_heads", reference="genlab.attention.split_heads",
-                        outputs=("heads",), bugs=SPLIT_BUGS),
+                        outputs=("heads",), forbidden=("genlab.attention.split_heads",), bugs=SPLIT_BUGS),
     "merge_heads": dict(cell="test_heads", reference="genlab.attention.merge_heads",
-                        outputs=("merged",)),
+                        outputs=("merged",), forbidden=("genlab.attention.merge_heads",)),
     "multi_head_self_attention": dict(
         cell="test_mha", reference="genlab.attention.multi_head_self_attention",
         forbidden=ATTENTION_CALLS, bugs=MHA_BUGS),
@@ -229,14 +238,24 @@ SPEC = Assignment(
               "causal mask, small T"),
         check("causal_mask.hidden", "causal_mask", False,
               [causal_case(1), causal_case(9), causal_case(16)], "causal mask, T = 1 and larger T"),
-        check("padding_mask", "padding_mask", True, [padding_case(0, B=2, T=5)],
-              "padding mask from an int 0/1 attention_mask"),
+        check("padding_mask", "padding_mask", True,
+              [padding_case(0, B=2, T=5), padding_case(5, B=2, T=3, rows="edge")],
+              "padding mask from an int 0/1 attention_mask; a row without padding and a fully "
+              "padded one"),
         check("padding_mask.hidden", "padding_mask", False,
               [padding_case(1, B=3, T=7, dtype="float32"), padding_case(2, B=3, T=4, rows="edge"),
                padding_case(3, B=1, T=1), padding_case(4, B=2, T=6, dtype="bool")],
               "padding mask: float input, no padding, all padding, T = 1, bool input"),
-        check("sdpa", SDPA, True, [sdpa_case(0), sdpa_case(1, B=2, Tq=5, Tk=5, mask="padding")],
-              "attention without a mask and with a padding mask"),
+        check("sdpa", SDPA, True,
+              [sdpa_case(0), sdpa_case(1, B=2, Tq=5, Tk=5, mask="padding"),
+               sdpa_case(10, B=1, H=2, Tq=4, Tk=4, D=4, mask="causal"),
+               sdpa_case(11, B=1, H=1, Tq=2, Tk=4, D=4, mask="causal"),
+               sdpa_case(12, B=1, H=1, Tq=4, Tk=2, D=4, mask="causal"),
+               sdpa_case(13, B=2, H=1, Tq=3, Tk=4, D=4, Dv=3, mask="random"),
+               sdpa_case(14, B=1, H=1, Tq=3, Tk=4, D=4, mask="fully_masked")],
+              "attention without a mask, with a padding mask, with is_causal=True (Tq = Tk, "
+              "Tq < Tk, Tq > Tk: top-left aligned), with a boolean mask and Dv != D, and with a "
+              "query row whose keys are all blocked (zeros)"),
         check("sdpa.causal", SDPA, False,
               [sdpa_case(2, B=2, H=3, Tq=6, Tk=6, D=4, mask="causal"),
                sdpa_case(5, B=1, H=2, Tq=3, Tk=5, D=4, mask="causal"),
@@ -261,14 +280,15 @@ SPEC = Assignment(
               [heads_case(1, 1, 5, 12, 4, split=False),
                heads_case(2, 3, 2, 6, 1, split=False, dtype="float64")],
               "other head counts, one head, float64"),
-        check("mha", MHA, True, [mha_case(0), mha_case(1, mask="causal")],
-              "multi-head self-attention, without a mask and causal"),
+        check("mha", MHA, True, [mha_case(0), mha_case(1, mask="causal"), mha_case(3, B=2, T=4, mask="padding")],
+              "multi-head self-attention, without a mask, causal, and with a padding mask"),
         check("mha.hidden", MHA, False,
               [mha_case(2, B=3, T=6, C=16, H=4, dtype="float64", mask="padding")],
               "float64, four heads, a padding mask", dtype="float64"),
         check("dependence_map", "dependence_map", True,
-              [dependence_case(0, "causal_attention"), dependence_case(1, "full_attention")],
-              "the causality experiment on causal and full attention"),
+              [dependence_case(0, "causal_attention"), dependence_case(1, "full_attention"),
+               dependence_case(4, "full_attention", B=2, T=5)],
+              "the causality experiment on causal and full attention; a batch of two"),
         check("dependence_map.hidden", "dependence_map", False,
               [dependence_case(2, "window_attention", T=7),
                dependence_case(3, "causal_attention", B=2, T=4)],

@@ -112,7 +112,8 @@ def embeddings_case(seed: int, B: int, T: int, token_types: bool = True, **confi
     return CaseSpec(make=make, meta={"B": B, "T": T, "hidden_size": config["hidden_size"],
                                      "vocab_size": config["vocab_size"],
                                      "token_type_ids": "given" if token_types else "omitted",
-                                     "seed": seed})
+                                     "seed": seed},
+                    kind="" if token_types else "token_type_ids omitted")
 
 
 def layer_case(seed: int, B: int, T: int, padding: bool, **config) -> CaseSpec:
@@ -132,7 +133,8 @@ def layer_case(seed: int, B: int, T: int, padding: bool, **config) -> CaseSpec:
                                      "heads": config["num_attention_heads"],
                                      "intermediate_size": config["intermediate_size"],
                                      "allowed": "padding mask" if padding else "None",
-                                     "seed": seed})
+                                     "seed": seed},
+                    kind="padding mask" if padding else "")
 
 
 class ReferenceEmbeddings(encoder.BertEmbeddings):
@@ -451,10 +453,15 @@ PRE_LN = """\
 SPEC = Assignment(
     name="02_bert",
     notebook="bert.ipynb",
+    # the Bayes-optimal answers the notebook shows beside the trained model (sections 5, 7)
+    notebook_uses=("genlab.data.HMMLanguage.bayes_masked_accuracy", "genlab.data.HMMLanguage.bayes_masked_loss",
+                   "genlab.data.HMMLanguage.masked_token_posteriors"),
     checks=[
         check("embeddings", "BertEmbeddings", True,
-              [embeddings_case(0, B=2, T=6), embeddings_case(1, B=3, T=5, hidden_size=8)],
-              "word + token type + position, then LayerNorm, on fixed tiny weights", points=2),
+              [embeddings_case(0, B=2, T=6), embeddings_case(1, B=3, T=5, hidden_size=8),
+               embeddings_case(4, B=2, T=4, token_types=False)],
+              "word + token type + position, then LayerNorm, on fixed tiny weights; token_type_ids "
+              "omitted (all zeros)", points=2),
         check("embeddings.hidden", "BertEmbeddings", False,
               [embeddings_case(2, B=2, T=9, token_types=False, vocab_size=50, hidden_size=12),
                embeddings_case(3, B=1, T=16, hidden_size=24, type_vocab_size=3)],

@@ -343,7 +343,7 @@ def attention_case(seed: int, B=2, T=5, n_embd=16, n_head=2, T_past=0,
         meta["T_past"] = T_past
     if changed_after is not None:
         meta["changed_after"] = changed_after
-    return CaseSpec(make=make, meta=meta)
+    return CaseSpec(make=make, meta=meta, kind="a KV cache" if T_past else "")
 
 
 def lm_loss_case(seed: int, B=2, T=6, V=11, ignored: int = 0) -> CaseSpec:
@@ -361,7 +361,7 @@ def lm_loss_case(seed: int, B=2, T=6, V=11, ignored: int = 0) -> CaseSpec:
     meta = {"B": B, "T": T, "V": V, "seed": seed}
     if ignored:
         meta["ignored targets (-100)"] = ignored
-    return CaseSpec(make=make, meta=meta)
+    return CaseSpec(make=make, meta=meta, kind="targets of -100" if ignored else "")
 
 
 def logits_case(seed: int, shape=(4, 12), spread=2.0, dtype="float32", **settings) -> CaseSpec:
@@ -374,7 +374,18 @@ def logits_case(seed: int, shape=(4, 12), spread=2.0, dtype="float32", **setting
     meta = {"shape": list(shape), **{k: v for k, v in settings.items()}, "seed": seed}
     if dtype != "float32":
         meta["dtype"] = dtype
-    return CaseSpec(make=make, meta=meta)
+    return CaseSpec(make=make, meta=meta, kind=_logits_kind(shape[-1], settings))
+
+
+def _logits_kind(V: int, settings: dict) -> str:
+    """Which behaviour of filter_logits / sample_next_token a case exercises: one filter, the
+    filters combined (their order matters), or k > V; sampling or the argmax."""
+    filters = [name for name in ("temperature", "top_k", "top_p") if settings.get(name) is not None]
+    if (settings.get("top_k") or 0) > V:
+        kind = "k > V"
+    else:
+        kind = "filters combined" if len(filters) > 1 else "".join(filters)
+    return ("sampling: " if settings.get("do_sample") else "") + kind
 
 
 def generate_case(seed: int, model: str, B: int, T: int, max_new_tokens: int, **settings) -> CaseSpec:
@@ -385,8 +396,9 @@ def generate_case(seed: int, model: str, B: int, T: int, max_new_tokens: int, **
         return {"model": f"genlab:{model}", "input_ids": input_ids, "max_new_tokens": max_new_tokens,
                 **settings}
 
+    kind = "sampling" if settings.get("do_sample") else "no new tokens" if max_new_tokens == 0 else ""
     return CaseSpec(make=make, meta={"model": model, "B": B, "T": T, "max_new_tokens": max_new_tokens,
-                                     **settings, "seed": seed})
+                                     **settings, "seed": seed}, kind=kind)
 
 
 def heldout_case(seed: int, n: int, rows: int | None = None, changed_after: int | None = None) -> CaseSpec:
@@ -461,6 +473,8 @@ def heldout_check(name: str, public: bool, seed: int, n: int, rows: int, t: int,
 SPEC = Assignment(
     name="03_gpt",
     notebook="gpt.ipynb",
+    # the data's own optimum, shown beside the trained model's loss
+    notebook_uses=("genlab.data.HMMLanguage.next_token_loss", "genlab.data.HMMLanguage.next_token_log_probs"),
     checks=[
         # --- causal self-attention, a module with GPT-2's parameter names
         check(ATTN, ATTN, True, [attention_case(0), attention_case(1, B=1, T=7, n_embd=12, n_head=3)],
@@ -478,8 +492,9 @@ SPEC = Assignment(
                attention_case(7, B=2, T=4, n_embd=24, n_head=2, T_past=5)],
               "one head, eight heads and T = 1, a cache with several new tokens", points=2),
         # --- the loss
-        check("lm_loss", "lm_loss", True, [lm_loss_case(0), lm_loss_case(1, B=3, T=4, V=7)],
-              "shifted next-token cross-entropy", points=2),
+        check("lm_loss", "lm_loss", True,
+              [lm_loss_case(0), lm_loss_case(1, B=3, T=4, V=7), lm_loss_case(4, B=2, T=7, V=9, ignored=4)],
+              "shifted next-token cross-entropy; targets of -100 do not count", points=2),
         check("lm_loss.hidden", "lm_loss", False,
               [lm_loss_case(2, B=2, T=9, V=29, ignored=5), lm_loss_case(3, B=1, T=2, V=5)],
               "targets of -100 do not count; T = 2 (a single target)"),
@@ -490,11 +505,16 @@ SPEC = Assignment(
         check("filter_logits.temperature", "filter_logits", True,
               [logits_case(0, temperature=0.5), logits_case(1, temperature=2.0)], "temperature 0.5 and 2"),
         check("filter_logits.top_k", "filter_logits", True,
-              [logits_case(2, top_k=3), logits_case(3, shape=(2, 7), top_k=1)], "top-k with k = 3 and k = 1"),
+              [logits_case(2, top_k=3), logits_case(3, shape=(2, 7), top_k=1),
+               logits_case(19, shape=(3, 6), top_k=8)],
+              "top-k with k = 3 and k = 1; k > V keeps everything"),
         check("filter_logits.top_p", "filter_logits", True,
               [logits_case(4, shape=(6, 12), top_p=0.9),
-               logits_case(5, shape=(6, 12), spread=1.0, top_p=0.5)],
-              "top-p (nucleus) with p = 0.9 and 0.5", points=2),
+               logits_case(5, shape=(6, 12), spread=1.0, top_p=0.5),
+               # the order: temperature, then top-k, then top-p on what top-k left
+               logits_case(20, shape=(64, 12), spread=1.0, temperature=0.6, top_k=4, top_p=0.75)],
+              "top-p (nucleus) with p = 0.9 and 0.5; the three filters together, in their order "
+              "(temperature, top-k, top-p on what top-k left)", points=2),
         check("filter_logits.hidden", "filter_logits", False,
               [logits_case(6, shape=(2, 3, 11), temperature=0.7, top_k=5, top_p=0.8),
                logits_case(7, shape=(3, 9), top_k=9, top_p=1.0),
@@ -514,8 +534,11 @@ SPEC = Assignment(
               [logits_case(12, shape=(64, 12), spread=1.5, do_sample=True, temperature=0.7,
                            generator="seed:1"),
                logits_case(13, shape=(64, 12), spread=1.5, do_sample=True, top_k=4, generator="seed:2"),
-               logits_case(14, shape=(64, 12), spread=1.5, do_sample=True, top_p=0.8, generator="seed:3")],
-              "sampling with temperature, top-k, top-p; the same seeded generator draws the same tokens",
+               logits_case(14, shape=(64, 12), spread=1.5, do_sample=True, top_p=0.8, generator="seed:3"),
+               logits_case(21, shape=(64, 12), spread=1.5, do_sample=True, temperature=1.2, top_k=5,
+                           top_p=0.85, generator="seed:7")],
+              "sampling with temperature, top-k, top-p, and all three; the same seeded generator "
+              "draws the same tokens",
               points=2),
         check("sample_next_token.hidden", "sample_next_token", False,
               [logits_case(15, shape=(32, 50), spread=2.0, do_sample=True, temperature=1.3, top_k=6,
@@ -526,9 +549,12 @@ SPEC = Assignment(
         check("generate", "generate", True,
               [generate_case(0, "gpt03_small", B=2, T=4, max_new_tokens=8),
                # raises unless fed the prompt once, then only the newest token with the cache
-               generate_case(8, "gpt03_small_cache_only", B=2, T=3, max_new_tokens=6, use_cache=True)],
+               generate_case(8, "gpt03_small_cache_only", B=2, T=3, max_new_tokens=6, use_cache=True),
+               generate_case(9, "gpt03_small", B=2, T=3, max_new_tokens=0),
+               generate_case(10, "gpt03_small", B=2, T=3, max_new_tokens=6, do_sample=True,
+                             temperature=0.9, top_k=4, generator="seed:8")],
               "greedy decoding with the cache: the reference's tokens; with use_cache=True only the "
-              "newest token is fed after the first step", points=2),
+              "newest token is fed after the first step; max_new_tokens = 0; sampling", points=2),
         check("generate.cache", "generate", True,
               [generate_case(1, "gpt03_small", B=3, T=3, max_new_tokens=12, use_cache=True),
                generate_case(1, "gpt03_small", B=3, T=3, max_new_tokens=12, use_cache=False)],

@@ -306,13 +306,15 @@ def expression_case(seed: int, cells: int, genes: int, kind: str, n_bins: int = 
         x[:, 0] = torch.where(x.sum(dim=1) > 0, x[:, 0], torch.ones(cells, dtype=x.dtype))  # no silent cell
         return {"values": x.to(getattr(torch, dtype)), "n_bins": n_bins}
 
+    behaviour = {"single": "one expressed gene per cell", "near_ties": "values 1e-9 apart"}.get(kind, "")
     return CaseSpec(make=make, meta={"kind": kind, "shape": [cells, genes], "n_bins": n_bins,
-                                     "dtype": dtype, "seed": seed})
+                                     "dtype": dtype, "seed": seed}, kind=behaviour)
 
 
 def mask_case(n_known: int, n_unknown: int) -> CaseSpec:
     return CaseSpec(make=lambda: {"n_known": n_known, "n_unknown": n_unknown},
-                    meta={"n_known": n_known, "n_unknown": n_unknown})
+                    meta={"n_known": n_known, "n_unknown": n_unknown},
+                    kind="nothing to generate" if n_unknown == 0 else "")
 
 
 def loss_case(seed: int, B: int, L: int, kind: str = "random", dtype: str = "float32") -> CaseSpec:
@@ -337,7 +339,9 @@ def loss_case(seed: int, B: int, L: int, kind: str = "random", dtype: str = "flo
         dt = getattr(torch, dtype)
         return {"predicted": predicted.to(dt), "target": target.to(dt), "is_unknown": is_unknown}
 
-    return CaseSpec(make=make, meta={"kind": kind, "B": B, "L": L, "dtype": dtype, "seed": seed})
+    behaviour = {"none": "no unknown gene", "nan_known": "NaN predictions at known positions"}.get(kind, "")
+    return CaseSpec(make=make, meta={"kind": kind, "B": B, "L": L, "dtype": dtype, "seed": seed},
+                    kind=behaviour)
 
 
 def step_case(seed: int, B: int, L: int, steps_left: int, kind: str = "random",
@@ -360,8 +364,11 @@ def step_case(seed: int, B: int, L: int, steps_left: int, kind: str = "random",
         return {"predicted": predicted.to(dt), "confidence": confidence.to(dt), "values": values.to(dt),
                 "pending": pending, "steps_left": steps_left}
 
+    behaviour = {"ties": "tied confidences", "done": "a cell with nothing pending"}.get(kind, "")
+    if steps_left > L:
+        behaviour = "more steps left than pending genes"
     return CaseSpec(make=make, meta={"kind": kind, "B": B, "L": L, "steps_left": steps_left,
-                                     "dtype": dtype, "seed": seed})
+                                     "dtype": dtype, "seed": seed}, kind=behaviour)
 
 
 # ------------------------------------------------------------------------------ checks
@@ -391,10 +398,14 @@ check = check_maker(PER_FUNCTION)
 SPEC = Assignment(
     name="04_scgpt",
     notebook="scgpt.ipynb",
+    # genlab's loss and generation, compared with the student's in the notebook
+    notebook_uses=("genlab.scgpt.scgpt_losses", "genlab.scgpt.generate_values"),
     checks=[
         check("bin_values", "bin_values", True,
-              [expression_case(0, 6, 20, "rounded"), expression_case(1, 4, 12, "rounded", n_bins=5)],
-              "per-cell mid-rank bins, values with ties, n_bins = 51 and 5 (exact)", points=2),
+              [expression_case(0, 6, 20, "rounded"), expression_case(1, 4, 12, "rounded", n_bins=5),
+               expression_case(8, 3, 8, "single"), expression_case(9, 3, 12, "near_ties", dtype="float64")],
+              "per-cell mid-rank bins, values with ties, n_bins = 51 and 5; one expressed gene per "
+              "cell; float64 values 1e-9 apart (exact)", points=2),
         check("bin_values.hidden", "bin_values", False,
               [expression_case(2, 32, 1200, "counts"), expression_case(3, 3, 10, "distinct", n_bins=11),
                expression_case(4, 5, 30, "single"), expression_case(5, 4, 16, "rounded", n_bins=2),
@@ -403,13 +414,15 @@ SPEC = Assignment(
               "Poisson counts with 1,200 genes; n = n_bins - 1 distinct values; one expressed gene per "
               "cell; n_bins = 2; float64, with values 1e-9 apart that only float64 tells apart (exact)",
               points=2),
-        check("scgpt_mask", "scgpt_mask", True, [mask_case(3, 2), mask_case(4, 4)],
-              "the known/unknown mask, 3 + 2 and 4 + 4 genes", points=2),
+        check("scgpt_mask", "scgpt_mask", True, [mask_case(3, 2), mask_case(4, 4), mask_case(2, 0)],
+              "the known/unknown mask, 3 + 2 and 4 + 4 genes; nothing to generate", points=2),
         check("scgpt_mask.hidden", "scgpt_mask", False,
               [mask_case(1, 0), mask_case(1, 6), mask_case(40, 100)],
               "nothing to generate; a single known gene; 40 + 100 genes"),
-        check("gep_loss", "gep_loss", True, [loss_case(0, 3, 8), loss_case(1, 2, 16)],
-              "masked MSE over the unknown genes, float32", points=2),
+        check("gep_loss", "gep_loss", True,
+              [loss_case(0, 3, 8), loss_case(1, 2, 16), loss_case(8, 2, 6, "none"), loss_case(9, 2, 8, "nan_known")],
+              "masked MSE over the unknown genes, float32; no unknown gene (the loss is 0); NaN "
+              "predictions at known positions", points=2),
         check("gep_loss.hidden", "gep_loss", False,
               [loss_case(2, 3, 9, "uneven"), loss_case(3, 2, 5, "none"), loss_case(7, 3, 12, "nan_known"),
                loss_case(4, 4, 32, dtype="float64")],
@@ -417,9 +430,11 @@ SPEC = Assignment(
               "known positions; float64", points=2),
         check("generation_step", "generation_step", True,
               [step_case(0, 2, 10, steps_left=2), step_case(1, 3, 12, steps_left=3),
-               step_case(2, 2, 8, steps_left=1), step_case(7, 2, 12, steps_left=2, kind="ties")],
+               step_case(2, 2, 8, steps_left=1), step_case(7, 2, 12, steps_left=2, kind="ties"),
+               step_case(8, 2, 8, steps_left=2, kind="done"), step_case(9, 2, 5, steps_left=7)],
               "one step with 2 and 3 steps left; the last step moves every pending gene; tied "
-              "confidences (the earlier gene first)", points=2),
+              "confidences (the earlier gene first); a cell with nothing pending; more steps left "
+              "than pending genes", points=2),
         check("generation_step.hidden", "generation_step", False,
               [step_case(3, 3, 20, steps_left=4, kind="ties"), step_case(4, 3, 9, steps_left=2, kind="done"),
                step_case(5, 2, 6, steps_left=8), step_case(6, 4, 64, steps_left=3, dtype="float64")],

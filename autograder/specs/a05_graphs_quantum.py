@@ -399,6 +399,9 @@ check = check_maker(PER_FUNCTION)
 SPEC = Assignment(
     name="05_graphs_quantum",
     notebook="graphs_quantum.ipynb",
+    # the tracer that checks the drawn graph, and the circuit tools of the demos
+    notebook_uses=("genlab.graphs.trace", "genlab.quantum.OrthogonalLayer", "genlab.quantum.circuit_unitary",
+                   "genlab.quantum.hamming_weight_block", "genlab.quantum.compound_matrix"),
     checks=[
         # --- part A: models as graphs
         # No case has d = 2T (a count without W_o equals one without attention) or d = T (it
