@@ -142,6 +142,13 @@ def _check_special_tokens(special_tokens: Iterable[str] | None) -> list[str]:
     return tokens
 
 
+def _check_vocab_size(vocab_size: int, special_tokens: list[str]) -> None:
+    if vocab_size < 256 + len(special_tokens):
+        raise ValueError(f"vocab_size={vocab_size} is too small: the vocabulary starts with 256 byte tokens "
+                         f"and {len(special_tokens)} special token(s), so it needs at least "
+                         f"{256 + len(special_tokens)}")
+
+
 def _special_regex(special_tokens: list[str]) -> regex.Pattern | None:
     """One alternation of the special tokens, longest first, so that the longest match wins."""
     if not special_tokens:
@@ -292,10 +299,7 @@ def learn_merges(pretoken_counts: dict[str, int], vocab_size: int,
     pairs in the order learned.
     """
     special_tokens = _check_special_tokens(special_tokens)
-    if vocab_size < 256 + len(special_tokens):
-        raise ValueError(f"vocab_size={vocab_size} is too small: the vocabulary starts with 256 byte tokens "
-                         f"and {len(special_tokens)} special token(s), so it needs at least "
-                         f"{256 + len(special_tokens)}")
+    _check_vocab_size(vocab_size, special_tokens)
     vocab: dict[int, bytes] = {i: bytes([i]) for i in range(256)}
     for token in special_tokens:
         encoded = token.encode("utf-8")
@@ -418,8 +422,7 @@ def train_bpe(input_path: str | os.PathLike, vocab_size: int, special_tokens: It
     the byte offset); empty, repeated or single-byte special tokens.
     """
     special_tokens = _check_special_tokens(special_tokens)
-    if vocab_size < 256 + len(special_tokens):  # before reading a possibly large file
-        learn_merges({}, vocab_size, special_tokens, progress=False)
+    _check_vocab_size(vocab_size, special_tokens)  # before reading a possibly large file
     counts = count_pretokens(input_path, special_tokens, workers=workers, progress=progress)
     return learn_merges(counts, vocab_size, special_tokens, progress=progress)
 
