@@ -262,13 +262,14 @@ def count_pretokens(input_path: str | os.PathLike, special_tokens: Iterable[str]
     boundaries = _chunk_boundaries(path, size, n_chunks, specials) if n_chunks > 1 else [0, size]
     tasks = [(str(path), a, b, special_tokens) for a, b in zip(boundaries, boundaries[1:])]
     counts: Counter = Counter()
-    bar = tqdm(total=size, unit="B", unit_scale=True, desc="pre-tokenizing", disable=not progress)
-    with bar, contextlib.ExitStack() as stack:
-        if workers > 1 and len(tasks) > 1:
+    with contextlib.ExitStack() as stack:
+        if workers > 1 and len(tasks) > 1:  # workers first: no progress-bar thread when forking
             pool = stack.enter_context(multiprocessing.get_context().Pool(workers))
             results = pool.imap(_count_chunk, tasks)  # in file order: the first bad byte is reported
         else:
             results = map(_count_chunk, tasks)
+        bar = stack.enter_context(tqdm(total=size, unit="B", unit_scale=True, desc="pre-tokenizing",
+                                       disable=not progress))
         for (_, a, b, _), chunk_counts in zip(tasks, results):
             counts.update(chunk_counts)
             bar.update(b - a)
