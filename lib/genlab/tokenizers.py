@@ -1,5 +1,17 @@
 """Byte-level byte-pair encoding (BPE): the tokenizer of GPT-2 and its successors.
 
+::
+
+    from genlab.tokenizers import BPETokenizer, train_bpe
+
+    vocab, merges = train_bpe("corpus.txt", vocab_size=4096, special_tokens=["<|endoftext|>"])
+    tokenizer = BPETokenizer(vocab, merges, special_tokens=["<|endoftext|>"])
+    ids = tokenizer.encode("It's 2 o'clock.<|endoftext|>")
+    tokenizer.decode(ids)                          # the same text back
+    with open("big.txt", encoding="utf-8") as f:   # lazily, a line at a time
+        for i in tokenizer.encode_iterable(f): ...
+    tokenizer.save("vocab.json", "merges.txt")
+
 A language model reads integer ids.  A byte-level BPE tokenizer turns text into
 ids in three steps, and training learns the table used by the third:
 
