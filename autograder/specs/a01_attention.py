@@ -141,6 +141,28 @@ def sdpa_softmax_over_queries(q, k, v, attn_mask=None, is_causal=False):
     return weights @ v, weights
 
 
+def sdpa_causal_bottom_right(q, k, v, attn_mask=None, is_causal=False):
+    """is_causal aligned to the bottom-right corner (query i sees keys 0..i + Tk - Tq)."""
+    if not is_causal:
+        return scaled_dot_product_attention(q, k, v, attn_mask, is_causal)
+    Tq, Tk = q.shape[-2], k.shape[-2]
+    allowed = torch.ones(Tq, Tk, dtype=torch.bool).tril(diagonal=Tk - Tq)  # (Tq, Tk)
+    return scaled_dot_product_attention(q, k, v, allowed, False)
+
+
+def dependence_map_in_place(attention, x):
+    """Each position's nudge left in x for the next one (``xp = x`` does not copy)."""
+    x = x.clone()  # the case's own tensor stays as it was; the nudges pile up in this copy
+    T = x.size(1)
+    dep = torch.zeros(T, T, dtype=torch.bool)  # (T_out, T_in)
+    with torch.no_grad():
+        reference = attention(x)  # (B, T, C)
+        for j in range(T):
+            x[:, j, :] += 1.0
+            dep[:, j] = (attention(x) - reference).abs().amax(dim=(0, 2)) > 1e-6
+    return dep
+
+
 def split_heads_reshape_only(x, n_heads):
     B, T, C = x.shape
     return x.reshape(B, n_heads, T, C // n_heads)
@@ -180,7 +202,14 @@ SDPA_BUGS = {
     "softmax_over_queries": (f"{_HERE}.sdpa_softmax_over_queries",
                              "softmax over the wrong dimension: each query's weights must sum to 1 "
                              "over the keys (dim=-1)"),
+    "causal_bottom_right": (f"{_HERE}.sdpa_causal_bottom_right",
+                            "your causal mask is aligned to the bottom-right corner (tril(diagonal=Tk - Tq)); "
+                            "here is_causal is top-left aligned: query i sees keys 0..i, whatever Tk"),
 }
+DEPENDENCE_BUGS = {"in_place": (
+    f"{_HERE}.dependence_map_in_place",
+    "your map is what nudging x itself gives: `xp = x` is the same tensor, not a copy, so each "
+    "position's nudge stays in x for the next positions. Nudge a copy (x.clone()) each time")}
 SPLIT_BUGS = {"reshape_without_transpose": (
     f"{_HERE}.split_heads_reshape_only",
     "reshaping straight to (B, H, T, C/H) mixes tokens across heads: view as (B, T, H, C/H), "
@@ -220,7 +249,7 @@ PER_FUNCTION = {
         forbidden=ATTENTION_CALLS, bugs=MHA_BUGS),
     "dependence_map": dict(cell="test_dependence", reference="genlab.attention.dependence_map",
                            dtype="bool", compare="exact", outputs=("dependence",),
-                           forbidden=("genlab.attention.dependence_map",)),
+                           forbidden=("genlab.attention.dependence_map",), bugs=DEPENDENCE_BUGS),
 }
 
 

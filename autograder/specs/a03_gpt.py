@@ -238,6 +238,11 @@ def filter_logits_top_p_before_top_k(logits, temperature=1.0, top_k=None, top_p=
     return filter_logits(scaled, 1.0, top_k, None).masked_fill(torch.isinf(nucleus), float("-inf"))
 
 
+def filter_logits_temperature_last(logits, temperature=1.0, top_k=None, top_p=None):
+    """The filters on the raw logits, the temperature applied to what they kept."""
+    return filter_logits(logits, 1.0, top_k, top_p) / temperature
+
+
 def filter_logits_log_softmax_first(logits, temperature=1.0, top_k=None, top_p=None):
     """Kept logits shifted by a constant per row: log_softmax(logits / T) before filtering."""
     return filter_logits(F.log_softmax(logits / temperature, dim=-1), 1.0, top_k, top_p)
@@ -258,6 +263,10 @@ _SHIFTED = ("the kept logits are shifted by a constant per row (log_softmax, or 
             "that is the same distribution after the softmax, but filter_logits must return the kept "
             "logits exactly as logits / temperature, and -inf for the removed ones")
 FILTER_BUGS = {
+    "temperature_last": (f"{_HERE}.filter_logits_temperature_last",
+                         "the temperature was applied after the filters: divide the logits by the "
+                         "temperature first, then apply top-k and top-p to the scaled logits (the "
+                         "temperature changes which tokens top-p keeps)"),
     "top_p_before_top_k": (f"{_HERE}.filter_logits_top_p_before_top_k",
                            "top-p was applied to the whole distribution, not to what top-k left: apply "
                            "top-k first, then compute the top-p probabilities as the softmax of the "

@@ -216,12 +216,12 @@ GEP_BUGS = {
 
 
 def _step(predicted, confidence, values, pending, steps_left, n_move=None, descending=True,
-          only_pending=True):
+          only_pending=True, rank_known=False):
     """One generation step with a configurable slip (all defaults: the reference)."""
     remaining = pending.sum(dim=1)  # (B,)
     n = n_move(remaining, steps_left) if n_move else (remaining + steps_left - 1) // steps_left
     ranked = confidence if descending else -confidence
-    if only_pending:
+    if only_pending and not rank_known:
         ranked = ranked.masked_fill(~pending, float("-inf"))
     rank = ranked.argsort(dim=1, descending=True, stable=True).argsort(dim=1)  # (B, L)
     move = rank < n[:, None]
@@ -257,6 +257,11 @@ def step_ignores_pending(predicted, confidence, values, pending, steps_left):
     return _step(predicted, confidence, values, pending, steps_left, only_pending=False)
 
 
+def step_nan_ranked_first(predicted, confidence, values, pending, steps_left):
+    """Only pending genes move, but the ranking also holds the known genes' NaN confidences."""
+    return _step(predicted, confidence, values, pending, steps_left, rank_known=True)
+
+
 STEP_BUGS = {
     "topk": (f"{_HERE}.step_topk",
              "among genes with EQUAL confidence you did not move the earlier ones first: torch.topk does "
@@ -274,6 +279,10 @@ STEP_BUGS = {
                         "you ranked known genes too (their confidence is NaN, which sorts above every number): "
                         "only pending genes compete; give the others -inf before ranking, and never change a "
                         "known gene's value"),
+    "nan_ranked_first": (f"{_HERE}.step_nan_ranked_first",
+                         "the known genes' confidences are NaN, and NaN sorts above every number: they took "
+                         "the first places of your ranking, so too few pending genes moved. Give every gene "
+                         "that is not pending -inf before ranking"),
 }
 
 # ------------------------------------------------------------------------------ cases

@@ -1,0 +1,142 @@
+"""No surprise after submitting (issue 15): plausible wrong implementations, written as a
+student would, are flagged by a PUBLIC check in the student's own notebook, with a message
+that names the real cause (and not a wrong one)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from genlab.checks import AssignmentChecks
+
+
+def public_problems(assignment: str, function: str, fn) -> dict[str, str]:
+    """check name -> message, for the public checks of ``function`` that ``fn`` fails."""
+    checks = AssignmentChecks(assignment)
+    return {name: problem for name, problem in checks._run(function, fn, public=True) if problem}
+
+
+# ---- assignment 1
+
+
+def _attention(q, k, v, attn_mask, is_causal, scale_dim, causal, blocked=float("-inf")):
+    """Attention as a student writes it, with the slips passed in."""
+    scores = q @ k.transpose(-2, -1) / math.sqrt(scale_dim)  # (B, H, Tq, Tk)
+    if is_causal:
+        attn_mask = causal(*scores.shape[-2:])
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, blocked)
+    weights = torch.nan_to_num(scores.softmax(dim=-1))
+    return weights @ v, weights
+
+
+def _top_left(Tq, Tk):
+    return torch.ones(Tq, Tk, dtype=torch.bool).tril()
+
+
+def sdpa_bottom_right(q, k, v, attn_mask=None, is_causal=False):
+    bottom_right = lambda Tq, Tk: torch.ones(Tq, Tk, dtype=torch.bool).tril(diagonal=Tk - Tq)  # noqa: E731
+    return _attention(q, k, v, attn_mask, is_causal, q.shape[-1], bottom_right)
+
+
+def sdpa_scaled_by_value_dim(q, k, v, attn_mask=None, is_causal=False):
+    return _attention(q, k, v, attn_mask, is_causal, v.shape[-1], _top_left)
+
+
+def sdpa_fully_masked_rows_not_zero(q, k, v, attn_mask=None, is_causal=False):
+    # a blocked row becomes uniform, not zero
+    return _attention(q, k, v, attn_mask, is_causal, q.shape[-1], _top_left, torch.finfo(q.dtype).min)
+
+
+def dependence_map_in_place(attention, x):
+    T = x.shape[1]
+    dep = torch.zeros(T, T, dtype=torch.bool)
+    reference = attention(x)
+    for j in range(T):
+        xp = x  # not a copy
+        xp[:, j, :] += 1.0
+        dep[:, j] = (attention(xp) - reference).abs().amax(dim=(0, 2)) > 1e-6
+    return dep
+
+
+# ---- assignment 3
+
+
+def lm_loss_counting_ignored(logits, input_ids):
+    targets = input_ids[:, 1:].clamp(min=0)  # -100 becomes token 0 and counts
+    return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+def _top_k(logits, top_k):
+    if top_k is None or top_k >= logits.shape[-1]:
+        return logits
+    kth = logits.topk(top_k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def _top_p(logits, top_p):
+    if top_p is None or top_p >= 1.0:
+        return logits
+    probs, order = logits.softmax(dim=-1).sort(dim=-1, descending=True)
+    drop_sorted = probs.cumsum(dim=-1) - probs >= top_p
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def filter_temperature_last(logits, temperature=1.0, top_k=None, top_p=None):
+    return _top_p(_top_k(logits, top_k), top_p) / temperature
+
+
+def filter_top_p_on_whole_distribution(logits, temperature=1.0, top_k=None, top_p=None):
+    scaled = logits / temperature
+    nucleus = _top_p(scaled, top_p)
+    return _top_k(scaled, top_k).masked_fill(torch.isinf(nucleus), float("-inf"))
+
+
+def filter_ignores_top_p_with_top_k(logits, temperature=1.0, top_k=None, top_p=None):
+    scaled = logits / temperature
+    return _top_k(scaled, top_k) if top_k is not None else _top_p(scaled, top_p)
+
+
+# ---- assignment 4
+
+
+def gep_loss_nan_times_zero(predicted, target, is_unknown):
+    mask = is_unknown.to(predicted.dtype)
+    return ((predicted - target) ** 2 * mask).sum() / mask.sum().clamp(min=1)
+
+
+def generation_step_nan_first(predicted, confidence, values, pending, steps_left):
+    n_move = (pending.sum(dim=1) + steps_left - 1) // steps_left  # (B,)
+    rank = confidence.argsort(dim=1, descending=True, stable=True).argsort(dim=1)  # NaN ranks first
+    move = (rank < n_move[:, None]) & pending
+    return torch.where(move, predicted, values), pending & ~move
+
+
+# (assignment, function, wrong implementation, a phrase of the message, a phrase it must not hold)
+WRONG = [
+    ("01_attention", "scaled_dot_product_attention", sdpa_bottom_right, "bottom-right corner", None),
+    ("01_attention", "scaled_dot_product_attention", sdpa_scaled_by_value_dim, "Dv=3", None),
+    ("01_attention", "scaled_dot_product_attention", sdpa_fully_masked_rows_not_zero,
+     "mask=fully_masked", None),
+    ("01_attention", "dependence_map", dependence_map_in_place, "`xp = x` is the same tensor",
+     "leaks the future"),
+    ("03_gpt", "lm_loss", lm_loss_counting_ignored, "ignored targets (-100)", None),
+    ("03_gpt", "filter_logits", filter_temperature_last, "temperature was applied after the filters", None),
+    ("03_gpt", "filter_logits", filter_top_p_on_whole_distribution, "not to what top-k left", None),
+    ("03_gpt", "filter_logits", filter_ignores_top_p_with_top_k, "expected -inf", "allowed inf"),
+    ("04_scgpt", "gep_loss", gep_loss_nan_times_zero, "NaN x 0 is NaN", "ALL genes"),
+    ("04_scgpt", "generation_step", generation_step_nan_first, "NaN sorts above every number", None),
+]
+
+
+@pytest.mark.parametrize("assignment, function, wrong, says, never", WRONG,
+                         ids=[w[2].__name__ for w in WRONG])
+def test_a_public_check_names_the_cause(assignment, function, wrong, says, never):
+    problems = public_problems(assignment, function, wrong)
+    assert problems, f"{wrong.__name__} passes every public check of {function}"
+    text = "\n".join(f"{name}: {message}" for name, message in problems.items())
+    assert says in text, text
+    assert never is None or never not in text, text
