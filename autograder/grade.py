@@ -573,11 +573,16 @@ class Grader:
             for out in cell.outputs:
                 if out.output_type == "error":
                     out.traceback = [_without_recorder(frame) for frame in out.traceback]
-            lines = ["Autograder (trusted comparison outside your notebook):"]
+            lines = ["Autograder: the result that counts (compared outside your notebook):"]
             for c in by_cell[grade_id]:
                 mark = "✓" if c.points == c.max_points else "✗"
                 lines.append(f"  {mark} {c.check}: {_num(c.points)}/{_num(c.max_points)}"
                              + (f"  {c.message}" if c.message else ""))
+            printed = "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
+            if "✓" in printed and any(c.points < c.max_points for c in by_cell[grade_id]):
+                lines.append("  (the ✓ above was printed by the notebook's own public check, which runs "
+                             "inside your notebook and sees only the public cases; the lines here are "
+                             "the grade)")
             cell.outputs.append(nbformat.v4.new_output("stream", name="stdout", text="\n".join(lines) + "\n"))
         if res.notes:
             nb.cells.insert(0, nbformat.v4.new_markdown_cell(

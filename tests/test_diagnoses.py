@@ -140,3 +140,14 @@ def test_a_public_check_names_the_cause(assignment, function, wrong, says, never
     text = "\n".join(f"{name}: {message}" for name, message in problems.items())
     assert says in text, text
     assert never is None or never not in text, text
+
+
+def test_a_patched_numpy_does_not_turn_a_public_check_green(monkeypatch):
+    """A notebook that replaces numpy's and torch's comparisons after its setup cell (where
+    genlab.checks is imported) still sees its wrong function fail the public check."""
+    import numpy as np
+
+    for module, name in ((np, "allclose"), (np, "array_equal"), (torch, "allclose"), (torch, "equal")):
+        monkeypatch.setattr(module, name, lambda *a, **k: True)
+    with pytest.raises(AssertionError, match="bottom-right corner"):
+        AssignmentChecks("01_attention").check("scaled_dot_product_attention", sdpa_bottom_right)

@@ -28,6 +28,7 @@ import sys
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import numpy as np
@@ -340,6 +341,12 @@ def _pair(got, expected) -> str:
     return f"got {a}, expected {b}"
 
 
+# numpy's functions as they were when genlab.checks was imported (the notebook's setup cell):
+# a notebook that replaces np.allclose or np.array_equal later does not change its own checks
+_np = SimpleNamespace(**{name: getattr(np, name) for name in (
+    "allclose", "array_equal", "argwhere", "isnan", "isinf", "isfinite", "abs", "where", "tril",
+    "unravel_index", "argmax", "maximum", "errstate", "finfo", "inf")})
+
 # Boolean outputs that are attention masks (True = may attend), explained in those words;
 # any other boolean output is reported by its first differing entry.
 ATTENTION_MASK_OUTPUTS = ("mask", "dependence")
@@ -347,9 +354,9 @@ ATTENTION_MASK_OUTPUTS = ("mask", "dependence")
 
 def _dependence_difference(got: np.ndarray, expected: np.ndarray) -> str:
     """Say, in the words of the causality experiment, where a dependence map goes wrong."""
-    if np.array_equal(got, ~expected):
+    if _np.array_equal(got, ~expected):
         return "the map is inverted: True must mean 'output i changes when input token j changes'"
-    out, token = tuple(np.argwhere(got != expected)[0])[-2:]
+    out, token = tuple(_np.argwhere(got != expected)[0])[-2:]
     if got[out, token]:
         return f"your map says output {out} depends on input token {token}; it does not"
     return f"your map says output {out} does not depend on input token {token}; it does"
@@ -357,9 +364,9 @@ def _dependence_difference(got: np.ndarray, expected: np.ndarray) -> str:
 
 def _mask_difference(got: np.ndarray, expected: np.ndarray) -> str:
     """Say, in the words of attention, where a boolean mask goes wrong."""
-    if np.array_equal(got, ~expected):
+    if _np.array_equal(got, ~expected):
         return "mask polarity inverted: True must mean 'may attend' (False = blocked)"
-    wrong = np.argwhere(got != expected)
+    wrong = _np.argwhere(got != expected)
     first = tuple(wrong[0])
     if got.ndim >= 2:
         q, k = first[-2], first[-1]
@@ -370,7 +377,7 @@ def _mask_difference(got: np.ndarray, expected: np.ndarray) -> str:
                         f"lets queries attend to it ({len(wrong)} positions wrong)")
             return (f"batch {b}: key {k} is a real token (attention_mask 1) but the mask "
                     f"blocks it ({len(wrong)} positions wrong)")
-        causal_like = np.array_equal(expected, np.tril(expected))  # nothing above the diagonal
+        causal_like = _np.array_equal(expected, _np.tril(expected))  # nothing above the diagonal
         if got[first] and k > q and causal_like:
             return f"query {q} may attend to key {k}: the mask leaks the future"
         if got[first]:
@@ -388,42 +395,42 @@ def compare_array(got: np.ndarray, expected: np.ndarray, tol: Rule, name: str) -
         if got.dtype != np.bool_:
             return (f"`{name}` has dtype {got.dtype}, expected torch.bool"
                     + (" (True = may attend)" if attention_words else ""))
-        if not np.array_equal(got, expected):
+        if not _np.array_equal(got, expected):
             if name == "dependence" and got.ndim == 2:
                 return _dependence_difference(got, expected)
             if attention_words:
                 return _mask_difference(got, expected)
-            idx = tuple(np.argwhere(got != expected)[0])
+            idx = tuple(_np.argwhere(got != expected)[0])
             return f"`{name}` differs{_at(idx)}: got {got[idx]}, expected {expected[idx]}"
         return None
     if got.dtype.kind != expected.dtype.kind or (
             expected.dtype.kind == "f" and got.dtype != expected.dtype):
         return f"`{name}` has dtype {got.dtype}, expected {expected.dtype}"
     if tol.compare == "exact" or expected.dtype.kind in "iub":
-        if not np.array_equal(got, expected):
-            idx = tuple(np.argwhere(got != expected)[0])
+        if not _np.array_equal(got, expected):
+            idx = tuple(_np.argwhere(got != expected)[0])
             return f"`{name}` differs{_at(idx)}: got {got[idx]}, expected {expected[idx]}"
         return None
-    bad_nan = np.isnan(got) & ~np.isnan(expected)
+    bad_nan = _np.isnan(got) & ~_np.isnan(expected)
     if bad_nan.any():
-        idx = tuple(np.argwhere(bad_nan)[0])
+        idx = tuple(_np.argwhere(bad_nan)[0])
         hint = (" (a fully masked query row must give zeros, not NaN)"
                 if name == "output" and (expected == 0).any() else "")
         return f"`{name}` contains NaN{_at(idx)}{hint}"
-    wrong_inf = (np.isinf(got) | np.isinf(expected)) & (got != expected)
+    wrong_inf = (_np.isinf(got) | _np.isinf(expected)) & (got != expected)
     if wrong_inf.any():  # an infinite error against an infinite allowance says nothing
-        idx = tuple(np.argwhere(wrong_inf)[0])
+        idx = tuple(_np.argwhere(wrong_inf)[0])
         return f"`{name}` differs{_at(idx)}: got {got[idx]:.6g}, expected {expected[idx]:.6g}"
-    if not np.allclose(got, expected, rtol=tol.rtol, atol=tol.atol, equal_nan=True):
-        with np.errstate(invalid="ignore"):  # -inf - -inf
-            err = np.abs(got.astype(np.float64) - expected)
-        err = np.where(got == expected, 0.0, np.where(np.isnan(err), np.inf, err))
+    if not _np.allclose(got, expected, rtol=tol.rtol, atol=tol.atol, equal_nan=True):
+        with _np.errstate(invalid="ignore"):  # -inf - -inf
+            err = _np.abs(got.astype(np.float64) - expected)
+        err = _np.where(got == expected, 0.0, _np.where(_np.isnan(err), _np.inf, err))
         # the entry furthest outside its tolerance (not merely the largest error, which
         # may sit at a large value where the relative tolerance allows it)
-        allowed = tol.atol + tol.rtol * np.abs(expected.astype(np.float64))
-        with np.errstate(invalid="ignore"):  # inf - inf
-            excess = np.where(err == 0, -np.inf, np.where(np.isinf(err), np.inf, err - allowed))
-        idx = tuple(np.unravel_index(np.argmax(excess), excess.shape))
+        allowed = tol.atol + tol.rtol * _np.abs(expected.astype(np.float64))
+        with _np.errstate(invalid="ignore"):  # inf - inf
+            excess = _np.where(err == 0, -_np.inf, _np.where(_np.isinf(err), _np.inf, err - allowed))
+        idx = tuple(_np.unravel_index(_np.argmax(excess), excess.shape))
         return (f"`{name}` differs{_at(idx)}: error {err[idx]:.3g}, allowed {allowed[idx]:.3g} "
                 f"({_pair(got[idx], expected[idx])}; tolerance rtol={tol.rtol:g}, atol={tol.atol:g})"
                 + _float32_hint(err, expected))
@@ -432,9 +439,9 @@ def compare_array(got: np.ndarray, expected: np.ndarray, tol: Rule, name: str) -
 
 def _float32_hint(err: np.ndarray, expected: np.ndarray) -> str:
     """A float64 case whose errors are all of float32 size: say where such errors come from."""
-    if expected.dtype != np.float64 or not np.isfinite(err).all():
+    if expected.dtype != np.float64 or not _np.isfinite(err).all():
         return ""
-    relative = err / np.maximum(np.abs(expected), np.finfo(np.float64).tiny)
+    relative = err / _np.maximum(_np.abs(expected), _np.finfo(np.float64).tiny)
     if relative.max() < 1e-5:
         return (". Errors this small in a float64 case come from a float32 step: a constant "
                 "such as torch.sqrt(torch.tensor(d)) is float32; use math.sqrt(d) or the "
@@ -451,7 +458,7 @@ def compare_outputs(got: list[np.ndarray], case: Case, tol: Rule) -> str | None:
     # NaN where the reference has a number is its own diagnosis: a known bug that also gives
     # NaN there would be matched by accident (NaN equals NaN when comparing)
     nan_where_number = any(g.shape == e.shape and g.dtype.kind == "f" and e.dtype.kind == "f"
-                           and (np.isnan(g) & ~np.isnan(e)).any() for g, e in zip(got, case.expected))
+                           and (_np.isnan(g) & ~_np.isnan(e)).any() for g, e in zip(got, case.expected))
     for bug, outs in ({} if nan_where_number else case.alternatives).items():
         if len(outs) == n and all(
                 g.shape == o.shape and compare_array(g, o, tol, "x") is None
@@ -462,7 +469,7 @@ def compare_outputs(got: list[np.ndarray], case: Case, tol: Rule) -> str | None:
         name = tol.output_names[i] if i < len(tol.output_names) else f"output {i}"
         problem = compare_array(g, e, tol, name)
         if problem:
-            if nan_where_number and any(a.dtype.kind == "f" and np.isnan(a).any() for a in case.inputs.values()):
+            if nan_where_number and any(a.dtype.kind == "f" and _np.isnan(a).any() for a in case.inputs.values()):
                 problem += (": the inputs hold NaN, and NaN x 0 is NaN, so multiplying by a 0/1 mask "
                             "does not remove them; select the entries that count (x[mask]) or "
                             "torch.where(mask, x, 0) before combining")
