@@ -42,6 +42,15 @@ def run_reference(dotted: str, inputs: dict[str, np.ndarray], device: str = "cpu
         return outputs_as_arrays(call_case(resolve(dotted), inputs, device))
 
 
+def _outcome(dotted: str, inputs: dict[str, np.ndarray], device: str = "cpu") -> tuple[list[np.ndarray], str | None]:
+    """(outputs, None), or ([], the exception's class name) for a call that must raise: the
+    reference raising a ValueError on arguments the text rules out makes raising the answer."""
+    try:
+        return run_reference(dotted, inputs, device), None
+    except ValueError as exc:
+        return [], type(exc).__name__
+
+
 def _arrays(inputs: dict) -> dict[str, np.ndarray]:
     return {k: v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v) for k, v in inputs.items()}
 
@@ -57,11 +66,14 @@ def build(assignment: str, root: Path = REFERENCES) -> Path:
         cases = []
         for i, case in enumerate(check.cases):
             inputs = _arrays(case.make())
-            expected = run_reference(check.reference, inputs)
-            alternatives = {bug: run_reference(variant, inputs)
-                            for bug, (variant, _) in check.bugs.items()}
+            expected, raises = _outcome(check.reference, inputs)
+            alternatives = {}
+            for bug, (variant, _) in check.bugs.items():
+                outputs, raised = _outcome(variant, inputs)
+                if not raised:  # a variant that raises too is no diagnosis
+                    alternatives[bug] = outputs
             rel = f"{'public' if check.public else 'hidden'}/{check.name}-{i}.npz"
-            save_case(out / rel, inputs, expected, alternatives, case.meta)
+            save_case(out / rel, inputs, expected, {} if raises else alternatives, case.meta, raises)
             cases.append({"file": rel, "sha256": sha256(out / rel), "params": case.meta})
         floor = spec_module.TOLERANCE_FLOOR[check.dtype]
         checks[check.name] = {
@@ -139,7 +151,12 @@ def verify(assignment: str, root: Path = REFERENCES) -> dict:
                     problems.append(f"{entry['file']}: sha256 differs from the manifest")
                     continue
                 case = Case.load(path)
-                got = run_reference(check["reference"], case.inputs, device)
+                got, raised = _outcome(check["reference"], case.inputs, device)
+                if raised != case.raises:
+                    problems.append(f"{entry['file']}: on {name} the reference "
+                                    + (f"raised {raised}" if raised else "returned a result")
+                                    + (f", not {case.raises}" if case.raises else ""))
+                    continue
                 worst = max(worst, max_deviation(got, case.expected))
             check["verified_on"][device_class] = {"device": name, "max_deviation": worst,
                                                   "date": today, "torch": torch.__version__}

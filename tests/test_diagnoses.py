@@ -50,6 +50,10 @@ def sdpa_fully_masked_rows_not_zero(q, k, v, attn_mask=None, is_causal=False):
     return _attention(q, k, v, attn_mask, is_causal, q.shape[-1], _top_left, torch.finfo(q.dtype).min)
 
 
+def sdpa_drops_the_mask_under_is_causal(q, k, v, attn_mask=None, is_causal=False):
+    return _attention(q, k, v, None if is_causal else attn_mask, is_causal, q.shape[-1], _top_left)
+
+
 def dependence_map_in_place(attention, x):
     T = x.shape[1]
     dep = torch.zeros(T, T, dtype=torch.bool)
@@ -121,6 +125,8 @@ WRONG = [
     ("01_attention", "scaled_dot_product_attention", sdpa_scaled_by_value_dim, "Dv=3", None),
     ("01_attention", "scaled_dot_product_attention", sdpa_fully_masked_rows_not_zero,
      "mask=fully_masked", None),
+    ("01_attention", "scaled_dot_product_attention", sdpa_drops_the_mask_under_is_causal,
+     "it must raise ValueError", None),
     ("01_attention", "dependence_map", dependence_map_in_place, "`xp = x` is the same tensor",
      "leaks the future"),
     ("03_gpt", "lm_loss", lm_loss_counting_ignored, "ignored targets (-100)", None),

@@ -47,7 +47,8 @@ def padding_case(seed: int, B: int, T: int, dtype: str = "int64", rows: str = "r
 def sdpa_case(seed: int, B=1, H=2, Tq=4, Tk=4, D=8, Dv=None, dtype="float32",
               mask: str = "none") -> CaseSpec:
     """mask: none | padding (B,1,1,Tk) | random (B,1,Tq,Tk) | causal (is_causal=True) |
-    fully_masked (a random mask with query row 1 blocked everywhere)."""
+    fully_masked (a random mask with query row 1 blocked everywhere) | both (a random mask
+    and is_causal=True: the call must raise ValueError)."""
     Dv = Dv or D
 
     def make():
@@ -59,18 +60,19 @@ def sdpa_case(seed: int, B=1, H=2, Tq=4, Tk=4, D=8, Dv=None, dtype="float32",
         if mask == "padding":
             lengths = torch.randint(1, Tk + 1, (B,), generator=g)
             inputs["attn_mask"] = (torch.arange(Tk)[None, :] < lengths[:, None])[:, None, None, :]
-        elif mask in ("random", "fully_masked"):
+        elif mask in ("random", "fully_masked", "both"):
             attn_mask = torch.rand(B, 1, Tq, Tk, generator=g) < 0.6
             attn_mask[..., 0] = True  # every query sees at least one key ...
             if mask == "fully_masked":
                 attn_mask[:, :, 1, :] = False  # ... but query 1, which sees none
             inputs["attn_mask"] = attn_mask
-        elif mask == "causal":
+        if mask in ("causal", "both"):
             inputs["is_causal"] = True
         return inputs
 
     kind = {"none": "", "padding": "padding mask", "random": "boolean mask",
-            "fully_masked": "a fully masked query row", "causal": "is_causal"}[mask]
+            "fully_masked": "a fully masked query row", "causal": "is_causal",
+            "both": "attn_mask and is_causal=True together (an error)"}[mask]
     if mask == "causal" and Tq != Tk:
         kind += ", Tq < Tk" if Tq < Tk else ", Tq > Tk"
     if Dv != D:
@@ -281,10 +283,12 @@ SPEC = Assignment(
                sdpa_case(11, B=1, H=1, Tq=2, Tk=4, D=4, mask="causal"),
                sdpa_case(12, B=1, H=1, Tq=4, Tk=2, D=4, mask="causal"),
                sdpa_case(13, B=2, H=1, Tq=3, Tk=4, D=4, Dv=3, mask="random"),
-               sdpa_case(14, B=1, H=1, Tq=3, Tk=4, D=4, mask="fully_masked")],
+               sdpa_case(14, B=1, H=1, Tq=3, Tk=4, D=4, mask="fully_masked"),
+               sdpa_case(15, B=1, H=1, Tq=3, Tk=3, D=4, mask="both")],
               "attention without a mask, with a padding mask, with is_causal=True (Tq = Tk, "
               "Tq < Tk, Tq > Tk: top-left aligned), with a boolean mask and Dv != D, and with a "
-              "query row whose keys are all blocked (zeros)"),
+              "query row whose keys are all blocked (zeros); attn_mask and is_causal=True together "
+              "raise ValueError"),
         check("sdpa.causal", SDPA, False,
               [sdpa_case(2, B=2, H=3, Tq=6, Tk=6, D=4, mask="causal"),
                sdpa_case(5, B=1, H=2, Tq=3, Tk=5, D=4, mask="causal"),

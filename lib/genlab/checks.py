@@ -62,9 +62,12 @@ def references_root() -> Path:
 
 
 def save_case(path: Path, inputs: dict, outputs: list | None = None,
-              alternatives: dict | None = None, meta: dict | None = None) -> None:
-    """Write one case as a plain ``.npz`` (inputs as given: arrays, numbers, strings)."""
+              alternatives: dict | None = None, meta: dict | None = None, raises: str | None = None) -> None:
+    """Write one case as a plain ``.npz`` (inputs as given: arrays, numbers, strings);
+    ``raises``: the class name of the exception the call must raise (then no outputs)."""
     arrays = {f"in.{k}": np.asarray(v) for k, v in inputs.items()}
+    if raises:
+        arrays["raises"] = np.asarray(raises)
     for i, out in enumerate(outputs or []):
         arrays[f"out.{i}"] = np.asarray(out)
     for bug, outs in (alternatives or {}).items():
@@ -96,6 +99,7 @@ class Case:
     expected: list[np.ndarray] = field(default_factory=list)
     alternatives: dict[str, list[np.ndarray]] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
+    raises: str | None = None  # the exception the call must raise (its class name), if any
 
     @classmethod
     def load(cls, path: Path) -> "Case":
@@ -112,6 +116,8 @@ class Case:
                     case.alternatives.setdefault(bug, []).append((int(i), z[key]))
                 elif kind == "meta":
                     case.meta = json.loads(str(z[key]))
+                elif kind == "raises":
+                    case.raises = str(z[key])
         case.expected = [a for _, a in sorted(case.expected, key=lambda t: t[0])]
         case.alternatives = {b: [a for _, a in sorted(v, key=lambda t: t[0])]
                              for b, v in case.alternatives.items()}
@@ -489,6 +495,11 @@ def judge(check: dict, cases: list[Case], results: list[tuple[list[np.ndarray], 
     rule = Rule.of(check)
     for i, (case, (outputs, error)) in enumerate(zip(cases, results, strict=True)):
         where = f"case {i + 1} of {len(cases)} ({case.describe()})"
+        if case.raises:
+            if not (error or "").startswith(case.raises):
+                did = f"raised {error}" if error else "returned a result"
+                return f"{where}: `{check['function']}` {did}; with these arguments it must raise {case.raises}"
+            continue
         if error:
             return f"{where}: `{check['function']}` raised {error}"
         if not rule.compare.startswith("property:"):
