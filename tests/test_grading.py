@@ -154,7 +154,7 @@ def test_gradebook_feedback_and_results_json_agree_with_csv(graded):
         assert {t["name"] for t in results["tests"]} == {c.name for c in SPEC.checks}
         assert all({"name", "score", "max_score", "output", "visibility"} <= set(t) for t in results["tests"])
     html = (out / "feedback" / "polarity" / A / SPEC.notebook.replace(".ipynb", ".html")).read_text()
-    assert "Autograder (trusted comparison" in html and "polarity inverted" in html
+    assert "Autograder: the result that counts" in html and "polarity inverted" in html
     assert "# added by the autograder" not in html  # the recorder's path stays private
     assert "data:image/png" in html  # the student's own figures, drawn inline as in JupyterLab
 
