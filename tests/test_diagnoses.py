@@ -157,3 +157,35 @@ def test_a_patched_numpy_does_not_turn_a_public_check_green(monkeypatch):
         monkeypatch.setattr(module, name, lambda *a, **k: True)
     with pytest.raises(AssertionError, match="bottom-right corner"):
         AssignmentChecks("01_attention").check("scaled_dot_product_attention", sdpa_bottom_right)
+
+
+@torch.no_grad()
+def generate_without_the_prompt(model, input_ids, max_new_tokens, use_cache=True, do_sample=False,
+                                temperature=1.0, top_k=None, top_p=None, generator=None):
+    from genlab.decoder import filter_logits
+
+    tokens, cache = input_ids, None
+    for _ in range(max_new_tokens):
+        if use_cache:  # the slip: the newest token only, from the very first step
+            out = model(tokens[:, -1:], past_key_values=cache, use_cache=True)
+            logits, cache = out.logits[:, -1], out.past_key_values
+        else:
+            logits = model(tokens)[:, -1]
+        if do_sample:
+            probs = torch.softmax(filter_logits(logits.float(), temperature, top_k, top_p), dim=-1)
+            next_token = torch.multinomial(probs, 1, generator=generator)
+        else:
+            next_token = logits.argmax(dim=-1, keepdim=True)
+        tokens = torch.cat((tokens, next_token), dim=1)
+    return tokens
+
+
+def test_one_cause_one_story_in_every_generate_check():
+    """A generate that never runs the whole prompt fails generate, generate.cache and
+    generate.hidden, each with the same message naming that cause."""
+    checks = AssignmentChecks("03_gpt")
+    verdicts = dict(checks._run("generate", generate_without_the_prompt, public=True)
+                    + checks._run("generate", generate_without_the_prompt, public=False))
+    assert set(verdicts) == {"generate", "generate.cache", "generate.hidden"}
+    for name, problem in verdicts.items():
+        assert problem and "fed only the prompt's last token" in problem, (name, problem)
