@@ -656,8 +656,9 @@ class CallTracer:
                 self._builtins[id(obj)] = name
             for builtin in _aten_builtins(obj):
                 self._builtins[id(builtin)] = name
-            if _operator_name(obj):
-                self._operators[_operator_name(obj)] = name
+            operator = _operator_name(obj)
+            if operator:
+                self._operators[operator] = name
 
     def _profile(self, frame, event, arg):
         if event == "call":

@@ -136,9 +136,11 @@ PROMPT_NOT_FED = ("with use_cache=True your first step fed only the prompt's las
 GENERATE_BUGS = {"prompt_not_fed": PROMPT_NOT_FED}
 
 
-def _matches_bug(got: np.ndarray, case, bug: str) -> bool:
-    known = case.alternatives.get(bug)
-    return bool(known) and known[0].shape == got.shape and np.array_equal(known[0], got)
+def _tokens_rule():
+    """Token ids compared exactly, the known generate bugs named."""
+    from genlab.checks import Rule
+
+    return Rule(compare="exact", rtol=0.0, atol=0.0, output_names=("tokens",), bug_messages=GENERATE_BUGS)
 
 
 @register("gpt.cache_equals_no_cache")
@@ -156,8 +158,11 @@ def cache_equals_no_cache(outputs_per_case, cases, params) -> str | None:
                     "(the prompt, then the new tokens)")
         if got.dtype.kind not in "iu":
             return f"with {label} the tokens have dtype {got.dtype}, expected torch.long (int64)"
-    if _matches_bug(with_cache, cases[0], "prompt_not_fed"):
-        return PROMPT_NOT_FED
+    from genlab.checks import compare_outputs
+
+    known = compare_outputs([with_cache], cases[0], _tokens_rule())
+    if known in GENERATE_BUGS.values():
+        return known
     if not np.array_equal(with_cache, without):
         b, pos = (int(i) for i in np.argwhere(with_cache != without)[0])
         where = (f"new token {pos - prompt + 1} of row {b}" if pos >= prompt
@@ -186,11 +191,10 @@ SAMPLING_HINT = (". This case samples (do_sample=True): your generate draws thro
 def generated_tokens(outputs_per_case, cases, params) -> str | None:
     """Every case: exactly the reference's tokens (as compare="exact"); a mismatch on a case
     that samples says that the student's own sampling functions run inside."""
-    from genlab.checks import Rule, compare_outputs
+    from genlab.checks import compare_outputs
 
-    rule = Rule(compare="exact", rtol=0.0, atol=0.0, output_names=("tokens",), bug_messages=GENERATE_BUGS)
     for i, (outputs, case) in enumerate(zip(outputs_per_case, cases)):
-        problem = compare_outputs(outputs, case, rule)
+        problem = compare_outputs(outputs, case, _tokens_rule())
         if problem:
             sampling = "do_sample" in case.inputs and bool(case.inputs["do_sample"]) \
                 and problem not in GENERATE_BUGS.values()
