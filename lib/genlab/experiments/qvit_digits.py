@@ -48,7 +48,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import os
 import statistics
 import sys
 import time
@@ -59,9 +58,10 @@ import torch.nn.functional as F
 
 from genlab.attention import MultiHeadAttention
 from genlab.quantum import OrthogonalAttention, OrthogonalLayer
+from genlab.quick import QUICK_ENV, is_quick
 
 MODELS = ("classical", "orthogonal-pyramid", "orthogonal-x", "orthogonal-butterfly", "no-attention")
-QUICK_ENV = "GENLAB_QUICK"  # GENLAB_QUICK=1 shrinks the run like --quick
+# GENLAB_QUICK=1 (genlab.quick.QUICK_ENV) shrinks the run like --quick
 
 
 @dataclasses.dataclass
@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     args = parser.parse_args(argv)
 
-    quick = args.quick or os.environ.get(QUICK_ENV) == "1"
+    quick = args.quick or is_quick()
     config = QUICK if quick else Config()
     if args.steps is not None:
         config = dataclasses.replace(config, steps=args.steps)

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -67,10 +66,10 @@ from genlab.scgpt import (
     split_known_unknown,
     tokenize_adata,
 )
+from genlab.quick import QUICK_ENV, is_quick
 from genlab.train import History, TrainConfig, train
 
 LABEL_KEY = "bulk_labels"
-QUICK_ENV = "GENLAB_QUICK"
 
 
 @dataclass
@@ -495,7 +494,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    quick = args.quick or os.environ.get(QUICK_ENV, "") not in ("", "0")
+    quick = args.quick or is_quick()
     return run(args.out, quick=quick, seed=args.seed, progress=not args.no_progress)
 
 
