@@ -4,7 +4,6 @@ quick run of the qvit_digits experiment."""
 
 import itertools
 import math
-import time
 
 import pytest
 import torch
@@ -418,9 +417,7 @@ def test_patchify_cuts_row_by_row():
 
 
 def test_experiment_quick_mode(capsys):
-    start = time.perf_counter()
     results = qvit_digits.main(["--quick"])
-    assert time.perf_counter() - start < 300  # hang guard only: about 4 s on an idle 2-core CPU
     table = capsys.readouterr().out
     assert "quick mode" in table
     assert [r.model for r in results] == list(qvit_digits.MODELS)

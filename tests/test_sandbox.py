@@ -4,7 +4,6 @@ killed at the timeout."""
 
 import shutil
 import sys
-import time
 
 import pytest
 
@@ -93,9 +92,8 @@ subprocess.Popen(['sleep', '300'])
 open('started', 'w').close()
 time.sleep(300)
 """
-    start = time.perf_counter()
-    result = run(code, tmp_path, wall_seconds=3)
-    assert result.timed_out and time.perf_counter() - start < 300  # hang guard; ~4 s measured
+    result = run(code, tmp_path, wall_seconds=3)  # were the limit ignored, this would block 300 s
+    assert result.timed_out
     assert_no_process("sleep 300")
 
 
