@@ -1,6 +1,6 @@
-"""Wall time of every notebook in the repository, and of ``make test`` from a fresh clone.
+"""Wall time of every notebook in the repository, of the website's build, and of ``make test``.
 
-    .venv/bin/python bench/notebooks.py [--only SUBSTRING ...] [--full] [--make-test] [--no-quick]
+    .venv/bin/python bench/notebooks.py [--only SUBSTRING ...] [--full] [--site] [--make-test] [--no-quick]
 
 The notebooks are the test suite's (``NOTEBOOKS`` of tests/test_notebooks.py: course/,
 solutions/ and assignments/), each executed top to bottom with nbclient in a fresh kernel,
@@ -11,6 +11,9 @@ one at a time, with a fresh temporary ``GENLAB_CACHE`` for each mode:
 * ``--full``: ``GENLAB_QUICK=0``; a first run with the empty cache (the lectures' training
   is counted), then a second run with the cache the first one filled, both against the
   lectures' 3-minute limit (a promise about course/; shown for every notebook);
+* ``--site``: ``make site``'s build (sphinx-build, lectures executed in full) into a temporary
+  folder, twice: with an empty checkpoint cache (the lectures train) and with the cache the
+  first build filled;
 * ``--make-test``: ``git clone`` of HEAD (committed work only; no network) into a temporary
   folder and ``make test`` there, timed (it builds its own venv: ~10 minutes).
 
@@ -122,6 +125,17 @@ def make_test(timeout: int) -> dict:
     return {"commit": commit, "seconds": seconds, "returncode": returncode, "tail": tail}
 
 
+def site_build(cache: Path, out: Path, timeout: int) -> dict:
+    """``make site``'s sphinx-build with full lectures into ``out``: seconds and exit status."""
+    env = dict(os.environ, GENLAB_QUICK="0", GENLAB_CACHE=str(cache), MPLBACKEND="Agg")
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html",
+                           "-d", str(out / "doctrees"), str(REPO / "site"), str(out / "html")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "returncode": proc.returncode, "tail": (proc.stdout + proc.stderr)[-2000:]}
+
+
 def select(only: list[str] | None) -> list[Path]:
     if not only:
         return list(NOTEBOOKS)
@@ -151,6 +165,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="run only the notebooks whose path contains one of these")
     parser.add_argument("--full", action="store_true",
                         help="also GENLAB_QUICK=0: a first run with an empty cache, then a cached run")
+    parser.add_argument("--site", action="store_true",
+                        help="also time the website's full build: empty checkpoint cache, then cached")
     parser.add_argument("--make-test", action="store_true", help="also time `make test` in a fresh clone")
     parser.add_argument("--no-quick", action="store_true", help="skip the quick (GENLAB_QUICK=1) runs")
     parser.add_argument("--timeout", type=int, default=900, help="per-cell timeout in seconds")
@@ -161,8 +177,8 @@ def main(argv: list[str] | None = None) -> dict:
     if not notebooks:
         parser.error(f"no notebook matches {args.only}; the notebooks are: {[str(p) for p in NOTEBOOKS]}")
     modes = ([] if args.no_quick else ["quick"]) + (["full", "cached"] if args.full else [])
-    if not modes and not args.make_test:
-        parser.error("nothing to run: --no-quick without --full or --make-test")
+    if not modes and not (args.make_test or args.site):
+        parser.error("nothing to run: --no-quick without --full, --site or --make-test")
 
     load = os.getloadavg()
     print(f"# notebook wall times, {date.today()}, {platform.machine()}, {os.cpu_count()} cores, "
@@ -179,6 +195,14 @@ def main(argv: list[str] | None = None) -> dict:
     if modes:
         print()
         print(summary_table(notebooks, results))
+    if args.site:
+        with tempfile.TemporaryDirectory(prefix="genlab-bench-site-") as tmp:
+            for build in ("first", "cached"):  # the second build reuses the cache the first filled
+                print(f"\n# site build ({build}) ...", flush=True)
+                outcome = site_build(Path(tmp) / "cache", Path(tmp) / build, args.make_timeout)
+                results[f"site_{build}"] = outcome
+                print(f"site build, {build}: {outcome['seconds']:.0f} s, exit status {outcome['returncode']}"
+                      + ("" if outcome["returncode"] == 0 else "\n" + outcome["tail"]), flush=True)
     if args.make_test:
         if shutil.which("make") is None:
             raise SystemExit("make is not installed")

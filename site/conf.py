@@ -14,11 +14,12 @@ Sphinx only reads files under its source folder, so the notebooks are copied int
 ``site/lectures/`` and ``site/assignments/`` when this file is loaded (those two folders
 are generated and git-ignored; edit the originals).
 
-The lectures run with ``GENLAB_QUICK=1`` unless the environment says otherwise, so a
-build takes a minute or two: their training is then cut to a few seconds and the numbers
-they print are those of barely trained models.  ``GENLAB_QUICK=0 make site`` runs them
-in full (the first time about two minutes per lecture; after that the trained models
-come from the checkpoint cache of ``genlab.checkpoints``).
+The lectures run in full (``GENLAB_QUICK=0``) unless the environment says otherwise: what
+the site shows is what the lectures' prose describes.  The first build trains their models
+(a few minutes on a laptop CPU, BENCHMARKS.md); later builds load them from the checkpoint
+cache of ``genlab.checkpoints`` and take about a minute.  ``GENLAB_QUICK=1`` (the test suite's
+build) cuts training to seconds, and then every output of a lecture carries a badge saying
+that it comes from a quick run (``genlab.quick.mark_results``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pathlib import Path
 SITE = Path(__file__).resolve().parent
 ROOT = SITE.parent
 
-os.environ.setdefault("GENLAB_QUICK", "1")  # inherited by the kernels myst-nb starts
+os.environ.setdefault("GENLAB_QUICK", "0")  # inherited by the kernels myst-nb starts: full runs
 os.environ.setdefault("MPLBACKEND", "Agg")  # the notebooks choose `%matplotlib inline` themselves
 
 

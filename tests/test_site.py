@@ -7,8 +7,12 @@
 3. Headless Chromium (Debian's ``/usr/bin/chromium``, driven over the DevTools protocol)
    opens every page and checks: a title, real text, every ``<img>`` loaded
    (``naturalWidth > 0``), every formula typeset (MathJax is served locally), no error
-   output or traceback in a lecture; it saves a full-page
-   screenshot of each page (printed: where) and checks that it is not blank.
+   output or traceback in a lecture, and nothing cut at the right edge (no table, code
+   block or figure reaching past the article's column unless it sits in a box that scrolls
+   sideways, and no page wider than the window); all of this at a laptop's width (1280 px)
+   and a phone's (390 px).  It saves a full-page screenshot of each page at each width
+   (printed: where) and checks that it is not blank.
+4. Built in quick mode, every output of a lecture carries the "quick run" badge.
 
 The browser part is skipped, with the reason, where Chromium is missing; the Makefile's
 ``chromium`` target installs it (``make site``, ``make setup`` as root on Debian/Ubuntu).
@@ -36,7 +40,8 @@ from conftest import REPO
 
 CHROMIUM = os.environ.get("GENLAB_CHROMIUM", "/usr/bin/chromium")
 SCREENSHOTS = Path(tempfile.gettempdir()) / "genlab-site-screenshots"
-WIDTH, HEIGHT = 1280, 1000
+WIDTHS = {"laptop": 1280, "phone": 390}  # px
+WIDTH, HEIGHT = WIDTHS["laptop"], 1000
 MAX_SHOT_HEIGHT = 16_000  # px; long lecture pages are cut there
 
 LECTURES = sorted(p.stem for p in (REPO / "course").glob("*.ipynb"))
@@ -83,6 +88,16 @@ def test_every_page_is_built(site):
     expected |= {f"assignments/{name}.html" for name in ASSIGNMENTS}
     assert len(LECTURES) >= 3 and len(ASSIGNMENTS) >= 1
     assert expected <= built, f"missing pages: {sorted(expected - built)}"
+
+
+def test_every_lecture_output_says_it_comes_from_a_quick_run(site):
+    for name in LECTURES:
+        html = (site / "lectures" / f"{name}.html").read_text()
+        outputs = html.split('class="cell_output')[1:]  # each piece starts with one cell's output
+        assert outputs, f"{name}: no output"
+        unbadged = [i for i, piece in enumerate(outputs)
+                    if "genlab-quick" not in piece.split('class="cell ')[0]]
+        assert not unbadged, f"{name}: outputs {unbadged} of {len(outputs)} carry no quick-run badge"
 
 
 def test_lectures_are_executed_and_assignments_are_not(site):
@@ -177,6 +192,31 @@ def browser(tmp_path_factory):
 
 
 INSPECT = """
+// Tables, code blocks and figures that reach past the right edge of the article's column
+// (or of the window) without sitting in a box that scrolls sideways: content a reader
+// cannot see.  With `scrolled`, those in a box that scrolls sideways count too: on a laptop
+// a reader should not have to scroll to see a table's last column or a line's end.
+function cutAtTheRight(scrolled) {
+  const article = document.querySelector("article") || document.querySelector("main") || document.body;
+  const limit = Math.min(article.getBoundingClientRect().right, window.innerWidth) + 1;
+  const scrolls = el => ["auto", "scroll"].includes(getComputedStyle(el).overflowX);
+  const cut = [];
+  for (const el of article.querySelectorAll("table, pre, img, .cell_output, mjx-container")) {
+    let box = el;
+    while (box && box !== article && !scrolls(box)) box = box.parentElement;
+    const inScroller = box && box !== article;
+    const visible = inScroller ? box : el;  // what the reader sees of it
+    const right = (scrolled && inScroller) ? box.getBoundingClientRect().left + box.scrollWidth
+                                           : visible.getBoundingClientRect().right;
+    if (right > limit && el.getBoundingClientRect().width > 0) {
+      const text = (el.innerText || el.getAttribute("src") || "").trim().slice(0, 40);
+      cut.push(`${el.tagName.toLowerCase()} "${text}" ends at ${Math.round(right)} px, ` +
+               `the column at ${Math.round(limit)} px`);
+    }
+  }
+  return cut;
+}
+
 (async () => {
   const images = Array.from(document.images);
   images.forEach(img => { img.loading = "eager"; });
@@ -194,6 +234,9 @@ INSPECT = """
     formulas: document.querySelectorAll(".math").length,
     typeset: document.querySelectorAll("mjx-container").length,
     height: Math.ceil(document.documentElement.scrollHeight),
+    pageWidth: document.documentElement.scrollWidth,
+    windowWidth: window.innerWidth,
+    cut: cutAtTheRight(window.innerWidth >= 1000),
   };
 })()
 """
@@ -212,43 +255,57 @@ def test_every_page_renders_in_chromium(site, browser):
     shutil.rmtree(SCREENSHOTS, ignore_errors=True)
     SCREENSHOTS.mkdir(parents=True)
     problems, report = [], []
-    for path in pages(site):
-        name = path.relative_to(site).as_posix()
-        browser("Page.navigate", url=path.as_uri())
-        browser.wait_for("Page.loadEventFired")
-        state = browser("Runtime.evaluate", expression=INSPECT, awaitPromise=True,
-                        returnByValue=True)["result"]["value"]
-        if not state["title"].strip():
-            problems.append(f"{name}: no title")
-        if state["text"] < (30 if name == "search.html" else 200):  # the search page is a form
-            problems.append(f"{name}: only {state['text']} characters of text")
-        if state["formulas"] and not state["typeset"]:
-            problems.append(f"{name}: {state['formulas']} formula(s), none typeset by MathJax")
-        for image in state["images"]:
-            if not image["complete"] or image["width"] == 0:
-                problems.append(f"{name}: image {image['src']} did not load")
-        if name.startswith("lectures/"):
-            if state["errors"]:
-                problems.append(f"{name}: {state['errors']} error output element(s)")
-            if "Traceback" in state["bodyText"]:
-                problems.append(f"{name}: a traceback is shown")
-            if not state["images"]:
-                problems.append(f"{name}: no figure")
-
-        # full page: make the viewport as tall as the page, take the shot, restore the viewport
-        height = min(state["height"], MAX_SHOT_HEIGHT)
-        browser("Emulation.setDeviceMetricsOverride", width=WIDTH, height=height,
-                deviceScaleFactor=1, mobile=False)
-        shot = browser("Page.captureScreenshot", format="png")
-        browser("Emulation.clearDeviceMetricsOverride")
-        png = base64.b64decode(shot["data"])
-        target = SCREENSHOTS / (name.replace("/", "__").removesuffix(".html") + ".png")
-        target.write_bytes(png)
-        if _not_blank(png) < 5:
-            problems.append(f"{name}: the screenshot is blank")
-        report.append(f"{name}: {len(state['images'])} image(s), {state['text']} characters")
-
-    print(f"screenshots of {len(report)} pages in {SCREENSHOTS}:")
+    for device, width in WIDTHS.items():
+        for path in pages(site):
+            problems += _inspect_page(browser, site, path, device, width, report)
+    print(f"screenshots of {len(report)} page views in {SCREENSHOTS}:")
     print("\n".join("  " + line for line in report))
     assert not problems, "\n".join(problems)
-    assert len(report) == len(pages(site))
+    assert len(report) == len(WIDTHS) * len(pages(site))
+
+
+def _inspect_page(browser, site, path, device, width, report) -> list[str]:
+    """Open one page at one window width; check it, save its screenshot; return the problems."""
+    problems = []
+    name = path.relative_to(site).as_posix()
+    metrics = dict(width=width, deviceScaleFactor=1, mobile=device == "phone")
+    browser("Emulation.setDeviceMetricsOverride", height=HEIGHT, **metrics)
+    browser("Page.navigate", url=path.as_uri())
+    browser.wait_for("Page.loadEventFired")
+    state = browser("Runtime.evaluate", expression=INSPECT, awaitPromise=True,
+                    returnByValue=True)["result"]["value"]
+    if not state["title"].strip():
+        problems.append(f"{name}: no title")
+    if state["text"] < (30 if name == "search.html" else 200):  # the search page is a form
+        problems.append(f"{name}: only {state['text']} characters of text")
+    if state["formulas"] and not state["typeset"]:
+        problems.append(f"{name}: {state['formulas']} formula(s), none typeset by MathJax")
+    for image in state["images"]:
+        if not image["complete"] or image["width"] == 0:
+            problems.append(f"{name}: image {image['src']} did not load")
+    if name.startswith("lectures/"):
+        if state["errors"]:
+            problems.append(f"{name}: {state['errors']} error output element(s)")
+        if "Traceback" in state["bodyText"]:
+            problems.append(f"{name}: a traceback is shown")
+        if not state["images"]:
+            problems.append(f"{name}: no figure")
+
+    if state["pageWidth"] > state["windowWidth"] + 1:
+        problems.append(f"{name} at {width} px: the page is {state['pageWidth']} px wide")
+    problems += [f"{name} at {width} px: {cut}" for cut in state["cut"]]
+
+    # full page: make the viewport as tall as the page, take the shot, restore the viewport
+    height = min(state["height"], MAX_SHOT_HEIGHT)
+    browser("Emulation.setDeviceMetricsOverride", height=height, **metrics)
+    shot = browser("Page.captureScreenshot", format="png")
+    browser("Emulation.clearDeviceMetricsOverride")
+    png = base64.b64decode(shot["data"])
+    target = SCREENSHOTS / device / (name.replace("/", "__").removesuffix(".html") + ".png")
+    target.parent.mkdir(exist_ok=True)
+    target.write_bytes(png)
+    if _not_blank(png) < 5:
+        problems.append(f"{name}: the screenshot is blank")
+    report.append(f"{device}/{name}: {len(state['images'])} image(s), {state['text']} characters")
+    return problems
+
