@@ -418,3 +418,85 @@ def test_edges_pass_no_box_but_their_own(laid_out):
                 assert not polyline.intersects_bbox(box, filled=False), \
                     f"{graph.nodes[edge.source].name} -> {graph.nodes[edge.target].name} " \
                     f"crosses {graph.nodes[k].name}"
+
+
+# The same diagram with a shape on every tensor: parallel edges and edges that leave and
+# join the same nodes carry labels that compete for the same room.
+SKIPS_WITH_SHAPES = graphs.OpGraph.from_edges(
+    [node.op for node in SKIPS.nodes],
+    [(edge.source, edge.target) for edge in SKIPS.edges],
+    shapes=[(2, 5, 16), (2, 5, 64), (2, 5, 64), (2, 5, 16), (2, 5, 16), (2, 4, 5, 5),
+            (2, 5, 16), (2, 5, 16)])
+
+
+@pytest.fixture(params=[(which, direction)
+                        for which in ("gpt_block_graph", "block_graph", "skips_with_shapes")
+                        for direction in ("down", "right")], ids="-".join)
+def labelled(request):
+    """(graph, direction): the lecture's block (gpt_block_graph is lecture 5's graph: B=2,
+    T=5, d=12, H=3, causal), the pre-LN block and SKIPS with shapes, both ways."""
+    which, direction = request.param
+    if which == "skips_with_shapes":
+        return SKIPS_WITH_SHAPES, direction
+    return request.getfixturevalue(which), direction
+
+
+def _drawn_extents(fig):
+    """Edge labels {gid: text} and the display-space boxes of labels and node boxes, as
+    the figure's renderer draws them (a label's box is its white background)."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    labels = {text.get_gid(): text for text in ax.texts
+              if (text.get_gid() or "").startswith("edge:")}
+    label_boxes = {gid: text.get_bbox_patch().get_window_extent(renderer)
+                   for gid, text in labels.items()}
+    node_boxes = {box.get_gid(): box.get_window_extent(renderer) for box in _boxes(fig)}
+    return labels, label_boxes, node_boxes
+
+
+def test_edge_labels_do_not_overlap(labelled):
+    graph, direction = labelled
+    fig = graphs.draw(graph, direction=direction)
+    try:
+        labels, label_boxes, node_boxes = _drawn_extents(fig)
+        assert set(labels) == {f"edge:{e}" for e, edge in enumerate(graph.edges)
+                               if edge.shape is not None}  # one label per tensor
+        for (a, box_a), (b, box_b) in itertools.combinations(label_boxes.items(), 2):
+            assert not box_a.overlaps(box_b), \
+                f"{direction}: labels {labels[a].get_text()!r} ({a}) and " \
+                f"{labels[b].get_text()!r} ({b}) overlap"
+        for gid, box in label_boxes.items():
+            for node, node_box in node_boxes.items():
+                assert not box.overlaps(node_box), f"{direction}: {gid} lies on {node}"
+            assert fig.bbox.contains(box.x0, box.y0) and fig.bbox.contains(box.x1, box.y1)
+    finally:
+        plt.close(fig)
+
+
+def test_each_label_sits_on_its_own_edge(gpt_block_graph):
+    fig = graphs.draw(gpt_block_graph)
+    try:
+        geometry = graphs._geometry(gpt_block_graph, "down")
+        labels, label_boxes, _ = _drawn_extents(fig)
+        to_display = fig.axes[0].transData
+        for gid, box in label_boxes.items():
+            path = geometry.paths[int(gid.split(":")[1])]
+            points = to_display.transform(_sampled(path, per_piece=64))
+            inside = ((points[:, 0] >= box.x0) & (points[:, 0] <= box.x1)
+                      & (points[:, 1] >= box.y0) & (points[:, 1] <= box.y1))
+            assert inside.any(), f"{labels[gid].get_text()!r} ({gid}) is off its edge"
+    finally:
+        plt.close(fig)
+
+
+def test_split_edges_show_equal_parts_once(gpt_block_graph):
+    fig = graphs.draw(gpt_block_graph)
+    try:
+        texts = [text.get_text() for text in fig.axes[0].texts]
+        assert texts.count("3 × (2, 5, 12)") == 3  # split -> getitem: a tuple of 3 equal parts
+        assert "[(2, 5, 12), (2, 5, 12), (2, 5, 12)]" not in texts
+    finally:
+        plt.close(fig)
+    assert graphs._edge_label(((2, 3), (4, 5))) == "[(2, 3), (4, 5)]"  # unequal: listed
+    assert graphs._edge_label((2, 3)) == "(2, 3)"

@@ -53,7 +53,9 @@ Three steps turn a module into such a diagram:
    residual connection) runs down a straight lane of its own beside them,
    joined to its ends by smooth curves in the gaps between layers, so it
    crosses no box.  Boxes carry the op label, the node's name and its FLOPs;
-   edges carry tensor shapes.
+   edges carry tensor shapes, each label placed greedily along its own edge
+   where it overlaps no other label and no box (measured with the figure's
+   renderer), upright across a gap too narrow for it.
 
 ``compare`` and ``is_isomorphic`` ask whether two models have the same diagram:
 the same multiset of ops, and a bijection between nodes that preserves op
@@ -81,6 +83,7 @@ from typing import NamedTuple
 import matplotlib.pyplot as plt
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Patch
 from matplotlib.path import Path
+import numpy as np
 import torch
 import torch.fx as fx
 import torch.nn as nn
@@ -779,6 +782,9 @@ _LAYER_STRETCH = 1.6  # drawn sideways, a layer is this long: room for boxes as 
 _HALF_SPAN = {"node": 0.5, "via": 0.15}
 _INCHES_PER_LANE, _INCHES_PER_LAYER = 1.65, 0.85
 _MARGIN_INCHES = 0.6  # room for the title and legend
+_BOX_PAD = 0.02  # a box's drawn border around its width and height (FancyBboxPatch pad)
+_LABEL_FONTSIZES = (6.0, 5.0)  # an edge label's size, then a smaller one where crowded
+_LABEL_PAD = 0.1  # an edge label's white background around its text, in font sizes
 _COLOURS = {
     "boundary": "#d9d9d9",   # inputs and outputs
     "matmul": "#f4a582",     # nodes with counted (matrix-product) FLOPs
@@ -1012,7 +1018,14 @@ def draw(graph: OpGraph, ax=None, direction: str = "down", show_flops: bool = Tr
     Without ``ax`` the figure size follows the number of layers and the width
     of the layout, so each box keeps a readable size.  Boxes show the op
     label, the node name and (``show_flops``) its FLOPs; edges show tensor
-    shapes.  Each box is a ``FancyBboxPatch`` with ``gid = "node:<name>"``.
+    shapes (a tuple of equal shapes as "3 × (2, 5, 12)"), each label placed
+    along its own edge where it overlaps no other label (``_place_labels``).
+    Each box is a ``FancyBboxPatch`` with ``gid = "node:<name>"``, each edge
+    label a ``Text`` with ``gid = "edge:<index>"``.
+
+    Labels are placed for the axes as they are when ``draw`` returns: resizing
+    the axes afterwards (``tight_layout`` on a grid of them) changes how much
+    room a label takes, in the diagram's coordinates.
     """
     geometry = _geometry(graph, direction)
     if ax is None:
@@ -1029,18 +1042,22 @@ def draw(graph: OpGraph, ax=None, direction: str = "down", show_flops: bool = Tr
         fig = ax.figure
     box_w, box_h = geometry.box
 
-    for edge, path in zip(graph.edges, geometry.paths):
+    every_point = [tuple(vertex) for path in geometry.paths for vertex in path.vertices]
+    every_point += geometry.centres or [(0.0, 0.0)]
+    xs, ys = zip(*every_point)
+    ax.set_xlim(min(xs) - box_w, max(xs) + box_w)
+    ax.set_ylim(min(ys) - box_h * 1.5, max(ys) + box_h * 1.5)
+    ax.set_aspect("auto")
+    ax.axis("off")
+
+    for path in geometry.paths:
         ax.add_patch(FancyArrowPatch(path=path, arrowstyle="-|>", mutation_scale=10,
                                      color="#555555", linewidth=0.8, zorder=1))
-        if edge.shape is not None:  # in the first gap, the middle of the first curve
-            x, y = (path.vertices[0] + path.vertices[3]) / 2
-            ax.text(x, y, _format_shape(edge.shape), fontsize=6,
-                    ha="center", va="center", color="#333333", zorder=2,
-                    bbox=dict(boxstyle="round,pad=0.1", facecolor="white", edgecolor="none"))
+    _place_labels(ax, graph, geometry)
 
     for node, (x, y) in zip(graph.nodes, geometry.centres):
         box = FancyBboxPatch((x - box_w / 2, y - box_h / 2), box_w, box_h,
-                             boxstyle="round,pad=0.02,rounding_size=0.08",
+                             boxstyle=f"round,pad={_BOX_PAD},rounding_size=0.08",
                              facecolor=_COLOURS[_category(node)], edgecolor="#333333",
                              linewidth=0.8, zorder=3)
         box.set_gid(f"node:{node.name}")
@@ -1054,13 +1071,6 @@ def draw(graph: OpGraph, ax=None, direction: str = "down", show_flops: bool = Tr
             ax.text(x, y - 0.1, details, fontsize=6, ha="center", va="center",
                     color="#333333", zorder=4, linespacing=1.1)
 
-    every_point = [tuple(vertex) for path in geometry.paths for vertex in path.vertices]
-    every_point += geometry.centres or [(0.0, 0.0)]
-    xs, ys = zip(*every_point)
-    ax.set_xlim(min(xs) - box_w, max(xs) + box_w)
-    ax.set_ylim(min(ys) - box_h * 1.5, max(ys) + box_h * 1.5)
-    ax.set_aspect("auto")
-    ax.axis("off")
     handles = [Patch(facecolor=_COLOURS[c], edgecolor="#333333", label=_LEGEND[c])
                for c in _COLOURS if any(_category(node) == c for node in graph.nodes)]
     ax.legend(handles=handles, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=2, fontsize=6,
@@ -1069,6 +1079,128 @@ def draw(graph: OpGraph, ax=None, direction: str = "down", show_flops: bool = Tr
                  f"{len(graph.nodes)} ops, {len(graph.edges)} tensors, "
                  f"{_format_count(graph.total_flops())} FLOPs", fontsize=9, loc="right")
     return fig
+
+
+def _edge_label(shape) -> str:
+    """The text on an edge: its tensor's shape, a tuple of equal shapes as "3 × (2, 5, 12)"."""
+    if (shape is not None and len(shape) > 1 and not all(isinstance(s, int) for s in shape)
+            and all(part == shape[0] for part in shape)):
+        return f"{len(shape)} × {_format_shape(shape[0])}"
+    return _format_shape(shape)
+
+
+def _renderer(fig):
+    """The figure's renderer, to measure text before the figure is drawn."""
+    get = getattr(fig.canvas, "get_renderer", None)
+    return get() if get is not None else fig._get_renderer()
+
+
+def _overlap(rect, others: np.ndarray) -> np.ndarray:
+    """Areas of overlap of ``rect`` (x0, y0, x1, y1) with each row of ``others`` (n, 4)."""
+    if not len(others):
+        return np.zeros(0)
+    width = np.minimum(rect[2], others[:, 2]) - np.maximum(rect[0], others[:, 0])
+    height = np.minimum(rect[3], others[:, 3]) - np.maximum(rect[1], others[:, 1])
+    return np.clip(width, 0, None) * np.clip(height, 0, None)
+
+
+def _label_candidates(path: Path, per_piece: int = 9):
+    """Points along ``path`` where its label may sit, each with a preference (lower is
+    better): the middle of the first piece (the gap below the source) first, then on
+    along the edge, piece by piece."""
+    points, preference = [], []
+    t = np.linspace(0.1, 0.9, per_piece)
+    for k, (piece, _) in enumerate(path.iter_bezier()):
+        points.append(piece(t))
+        preference.append(k + np.abs(t - 0.5))
+    return np.concatenate(points), np.concatenate(preference)
+
+
+def _place_labels(ax, graph: OpGraph, geometry: _Geometry) -> list:
+    """Put each edge's shape label on its own edge, greedily, where it overlaps nothing.
+
+    Edges with the fewest places to go (short edges) are labelled first.  Each
+    label tries points along its edge's path (``_label_candidates``) and takes
+    the one of least cost: overlapping a label placed before costs most, then
+    overlapping a box or leaving the axes, then covering another edge (a label's
+    white background hides the line under it), then the distance from the
+    preferred spot in the gap below the source.  A label may also stand
+    upright, at a small cost: drawn to the right, the gaps between layers are
+    narrower than a label is long.  A label that cannot avoid every other
+    label at the usual font size tries a smaller one.  Text sizes are measured
+    with the figure's renderer in the axes' current scale.  Returns the labels
+    (``Text``, ``gid = "edge:<index>"``).
+    """
+    fig = ax.figure
+    renderer = _renderer(fig)
+    origin, unit = ax.transData.transform([(0.0, 0.0), (1.0, 1.0)])
+    scale = np.abs(unit - origin)  # pixels per data unit, along x and y
+    gap = 1.0 * fig.dpi / 72 / scale  # a point of air around a label, in data units
+    box_w, box_h = geometry.box
+    boxes = np.array([(x - box_w / 2 - _BOX_PAD, y - box_h / 2 - _BOX_PAD,
+                       x + box_w / 2 + _BOX_PAD, y + box_h / 2 + _BOX_PAD)
+                      for x, y in geometry.centres]).reshape(-1, 4)
+    (x_low, x_high), (y_low, y_high) = ax.get_xlim(), ax.get_ylim()
+    limits_area = (x_high - x_low) * (y_high - y_low)
+    sampled = [np.concatenate([piece(np.linspace(0, 1, 24)) for piece, _ in path.iter_bezier()])
+               for path in geometry.paths]  # points along every edge, and whose they are
+    line_points = np.concatenate(sampled) if sampled else np.zeros((0, 2))
+    line_owner = np.repeat(np.arange(len(sampled)), [len(points) for points in sampled])
+
+    def size_of(text: str, fontsize: float) -> np.ndarray:
+        probe = ax.text(0, 0, text, fontsize=fontsize)
+        extent = probe.get_window_extent(renderer)
+        probe.remove()
+        pad = 2 * _LABEL_PAD * fontsize * fig.dpi / 72  # the background's pad, both sides
+        return np.array([extent.width + pad, extent.height + pad]) / scale
+
+    def cost(e: int, rect, preference: float) -> tuple[float, bool]:
+        area = (rect[2] - rect[0]) * (rect[3] - rect[1])
+        spaced = (rect[0] - gap[0], rect[1] - gap[1], rect[2] + gap[0], rect[3] + gap[1])
+        on_labels = _overlap(spaced, placed_rects).sum() / area
+        # near another label: which label belongs to which line is then hard to tell
+        height = rect[3] - rect[1]
+        around = (rect[0] - height, rect[1] - height, rect[2] + height, rect[3] + height)
+        near_labels = _overlap(around, placed_rects).sum() / area
+        on_boxes = _overlap(spaced, boxes).sum() / area
+        inside = _overlap(rect, np.array([(x_low, y_low, x_high, y_high)]))[0]
+        outside = 1 - inside / area if limits_area else 0.0
+        covered = ((line_points[:, 0] > rect[0]) & (line_points[:, 0] < rect[2])
+                   & (line_points[:, 1] > rect[1]) & (line_points[:, 1] < rect[3]))
+        crossed = len(set(line_owner[covered].tolist()) - {e})  # other edges under the label
+        return (1000 * on_labels + 100 * (on_boxes + outside) + crossed + near_labels
+                + 0.1 * preference), on_labels > 0
+
+    labelled = [e for e, edge in enumerate(graph.edges) if edge.shape is not None]
+    candidates = {e: _label_candidates(geometry.paths[e]) for e in labelled}
+    labelled.sort(key=lambda e: (len(candidates[e][0]), e))
+    placed_rects = np.zeros((0, 4))
+    texts = []
+    for e in labelled:
+        text = _edge_label(graph.edges[e].shape)
+        points, preferences = candidates[e]
+        for fontsize in _LABEL_FONTSIZES:
+            size = size_of(text, fontsize)
+            scored = []
+            # level, or upright: across a gap too narrow for the text (drawn to the right)
+            for rotated, half in ((False, size / 2), (True, size[::-1] / 2)):
+                scored += [(cost(e, (x - half[0], y - half[1], x + half[0], y + half[1]),
+                                 p + 30 * rotated), rotated, k)
+                           for k, ((x, y), p) in enumerate(zip(points, preferences))]
+            (_, crowded), rotated, best = min(scored)
+            if not crowded:
+                break
+        x, y = points[best]
+        half = (size[::-1] if rotated else size) / 2
+        placed_rects = np.vstack([placed_rects,
+                                  (x - half[0], y - half[1], x + half[0], y + half[1])])
+        label = ax.text(x, y, text, fontsize=fontsize, ha="center", va="center",
+                        rotation=90 if rotated else 0, color="#333333", zorder=2,
+                        bbox=dict(boxstyle=f"round,pad={_LABEL_PAD}", facecolor="white",
+                                  edgecolor="none"))
+        label.set_gid(f"edge:{e}")
+        texts.append(label)
+    return texts
 
 
 def _format_count(count: int) -> str:
