@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import pkgutil
 
 import pytest
 from torch import nn
@@ -23,10 +24,18 @@ MODULES = ("genlab.attention", "genlab.masks", "genlab.encoder", "genlab.decoder
            "genlab.quantum", "genlab.graphs", "genlab.data")
 
 
+def submodules(module_name: str) -> list[str]:
+    """The module, and each module of it if it is a package (``genlab.scgpt.tokens``, ...):
+    a package defines its pieces in its modules and only re-exports them."""
+    module = importlib.import_module(module_name)
+    return [module_name] + [f"{module_name}.{info.name}"
+                            for info in pkgutil.iter_modules(getattr(module, "__path__", []))]
+
+
 def candidates() -> dict[str, object]:
     """Public functions and modules defined in genlab's model modules, by dotted name."""
     found = {}
-    for module_name in MODULES:
+    for module_name in (name for package in MODULES for name in submodules(package)):
         module = importlib.import_module(module_name)
         for name, obj in vars(module).items():
             if name.startswith("_") or getattr(obj, "__module__", None) != module_name:

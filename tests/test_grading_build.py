@@ -9,11 +9,13 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import nbformat
 import pytest
 
 from autograder import grading_build, spec
+from genlab.checks import resolve
 from conftest import REPO
 
 # Calls each name as a notebook would, by every route, from a file outside genlab, torch and
@@ -89,6 +91,20 @@ def test_every_graded_piece_is_shut_to_the_notebook(assignment, tmp_path):
     assert real["genlab"].startswith(str(REPO / "lib" / "genlab"))
     assert not any(got == "NotAvailableWhileGrading" for routes in real["calls"].values()
                    for got in routes.values())
+
+
+@pytest.mark.parametrize("assignment", spec.available())
+def test_every_forbidden_genlab_name_resolves(assignment):
+    """The call tracer and the source check pass over a forbidden name that does not resolve,
+    so each must name a function genlab defines, also a re-export (``genlab.scgpt.X``, defined
+    in a module of the package), and the notebook's ``notebook_uses`` that the build skips."""
+    a = spec.load(assignment)
+    names = sorted({f for check in a.checks for f in check.forbidden if f.startswith("genlab.")})
+    for name in names:
+        obj, file, _ = grading_build._resolve(name)
+        traced = resolve(name)  # what the tracer and the source check see
+        assert getattr(traced, "__func__", traced) is obj, name
+        assert Path(file).resolve().is_relative_to(REPO / "lib" / "genlab"), (name, file)
 
 
 # genlab's own code still uses the shut pieces: one call per assignment that goes through them

@@ -16,7 +16,7 @@ import scipy.sparse as sp
 import torch
 
 from genlab.masks import known_unknown_mask
-from genlab import scgpt as scgpt_module
+from genlab.scgpt import layers as scgpt_layers  # where the self-slot attention lives
 from genlab.scgpt import (
     CELL_PROMPT_KNOWN_FRACTIONS,
     EMBEDDING_KEY,
@@ -356,7 +356,7 @@ def test_self_slot_attention_equals_the_mask(monkeypatch, padded, P, G, aligned)
     """known_unknown_attention (the "torch" backend's K+1 keys) = attention under the (T, T) mask,
     outputs and gradients; ``aligned`` pads the channels to a multiple of 8 as on a GPU."""
     if aligned:
-        monkeypatch.setattr(scgpt_module, "_extended_width", lambda d, device: 8 * (d // 8 + 1))
+        monkeypatch.setattr(scgpt_layers, "_extended_width", lambda d, device: 8 * (d // 8 + 1))
     model = float64_model()
     layer = model.layers[0]
     _, _, _, kr, ur = random_inputs(P=P, G=G, padded=padded)

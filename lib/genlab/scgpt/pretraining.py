@@ -1,0 +1,139 @@
+"""Pretraining batches: cells split at random into known and unknown genes.
+
+``split_known_unknown`` makes a fraction of each cell's genes unknown (their
+values become targets); ``pretraining_batch`` draws that fraction per batch
+from ``UNKNOWN_FRACTIONS`` and adds a cell-prompt split of the same cells;
+``pretraining_batches`` feeds ``genlab.train.train``.  Part of ``genlab.scgpt``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Callable, Sequence
+
+import torch
+
+from genlab.scgpt.packing import _pack
+from genlab.scgpt.tokens import CellTokens, GeneVocab
+
+__all__ = [
+    "UNKNOWN_FRACTIONS",
+    "CELL_PROMPT_KNOWN_FRACTIONS",
+    "MaskedCells",
+    "PretrainBatch",
+    "split_known_unknown",
+    "pretraining_batch",
+    "pretraining_batches",
+]
+
+UNKNOWN_FRACTIONS = (0.25, 0.5, 0.75)  # pretraining: share of a cell's genes to generate
+CELL_PROMPT_KNOWN_FRACTIONS = (0.0, 0.25, 0.5)  # cell-prompt pretraining: share kept known
+
+
+@dataclass
+class MaskedCells:
+    """Cells split into known genes (with values) and unknown genes (values are targets).
+
+    known_* (B, P), unknown_* (B, G); ``*_is_real`` False at padding.
+    """
+
+    known_genes: torch.Tensor
+    known_values: torch.Tensor
+    known_is_real: torch.Tensor
+    unknown_genes: torch.Tensor
+    unknown_values: torch.Tensor  # targets; never shown to the model
+    unknown_is_real: torch.Tensor
+
+    def to(self, device) -> MaskedCells:
+        return MaskedCells(*(getattr(self, f.name).to(device) for f in fields(self)))
+
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        """The keyword arguments of ``ScGPT.forward`` (everything but the targets)."""
+        return dict(known_genes=self.known_genes, known_values=self.known_values,
+                    unknown_genes=self.unknown_genes, known_is_real=self.known_is_real,
+                    unknown_is_real=self.unknown_is_real)
+
+
+def _masked_cells(gene_ids, values, known, unknown) -> MaskedCells:
+    """Gather (B, L) tokens into [known] and [unknown] blocks; padding gets <pad> and 0."""
+    parts = []
+    for select in (known, unknown):
+        index, is_real = _pack(select)
+        parts += [gene_ids.gather(1, index).masked_fill(~is_real, GeneVocab.pad_id),
+                  values.gather(1, index).masked_fill(~is_real, 0.0), is_real]
+    return MaskedCells(*parts)
+
+
+def split_known_unknown(gene_ids: torch.Tensor, values: torch.Tensor, is_real: torch.Tensor,
+                        unknown_fraction: float, generator: torch.Generator | None = None) -> MaskedCells:
+    """Make ``round(unknown_fraction * n)`` of each cell's n real genes unknown, chosen at random.
+
+    gene_ids, values, is_real: (B, L).  The choice is uniform per cell and
+    draws from ``generator``.  Fraction 0 leaves no unknown gene, 1 no known
+    gene (the cell-prompt case).
+    """
+    if not 0.0 <= unknown_fraction <= 1.0:
+        raise ValueError(f"unknown_fraction must be in [0, 1], got {unknown_fraction}")
+    is_real = is_real.bool()
+    n_unknown = torch.round(is_real.sum(dim=1) * unknown_fraction).long()  # (B,)
+    device = generator.device if generator is not None else gene_ids.device
+    keys = torch.rand(gene_ids.shape, generator=generator, device=device).to(gene_ids.device)
+    keys = keys.masked_fill(~is_real, 2.0)  # padding sorts after every real gene
+    rank = keys.argsort(dim=1).argsort(dim=1)  # (B, L) random rank of each position
+    unknown = is_real & (rank < n_unknown[:, None])
+    return _masked_cells(gene_ids, values.float(), is_real & ~unknown, unknown)
+
+
+@dataclass
+class PretrainBatch:
+    """One pretraining batch: a GEP split, and optionally a cell-prompt split of the same cells."""
+
+    gep: MaskedCells
+    cell_prompt: MaskedCells | None
+    unknown_fraction: float
+
+    def to(self, device) -> PretrainBatch:
+        prompt = None if self.cell_prompt is None else self.cell_prompt.to(device)
+        return PretrainBatch(self.gep.to(device), prompt, self.unknown_fraction)
+
+
+def _draw(choices: Sequence[float], generator: torch.Generator | None) -> float:
+    return choices[int(torch.randint(len(choices), (1,), generator=generator))]
+
+
+def pretraining_batch(tokens: CellTokens, cells, generator: torch.Generator | None = None,
+                      cell_prompt: bool = True) -> PretrainBatch:
+    """A pretraining batch of the given cells (index tensor), all random choices from ``generator``.
+
+    The unknown fraction is drawn per batch from ``UNKNOWN_FRACTIONS``
+    {0.25, 0.5, 0.75}.  With ``cell_prompt``, a second split of the same cells
+    keeps a fraction drawn from ``CELL_PROMPT_KNOWN_FRACTIONS`` {0, 0.25, 0.5}
+    known: ``scgpt_losses`` puts the cell embedding from the GEP pass in the
+    <cls> slot and trains generation from it (what cell-prompt generation does,
+    with 0 known genes at its first step and more at later steps).
+    """
+    cells = torch.as_tensor(cells, dtype=torch.long)
+    gene_ids, values, is_real = tokens.gene_ids[cells], tokens.values[cells], tokens.is_real[cells]
+    fraction = _draw(UNKNOWN_FRACTIONS, generator)
+    gep = split_known_unknown(gene_ids, values, is_real, fraction, generator)
+    prompt = None
+    if cell_prompt:
+        known_fraction = _draw(CELL_PROMPT_KNOWN_FRACTIONS, generator)
+        prompt = split_known_unknown(gene_ids, values, is_real, 1.0 - known_fraction, generator)
+    return PretrainBatch(gep, prompt, fraction)
+
+
+def pretraining_batches(tokens: CellTokens, batch_size: int,
+                        cell_prompt: bool = True) -> Callable[[int, torch.Generator], PretrainBatch]:
+    """``batches(step, generator) -> PretrainBatch`` for ``genlab.train.train``.
+
+    Each batch is ``batch_size`` distinct cells drawn from ``generator``.
+    """
+    if not 1 <= batch_size <= len(tokens):
+        raise ValueError(f"batch_size must be in 1..{len(tokens)} (the number of cells), got {batch_size}")
+
+    def batches(step: int, generator: torch.Generator | None = None) -> PretrainBatch:
+        cells = torch.randperm(len(tokens), generator=generator)[:batch_size]
+        return pretraining_batch(tokens, cells, generator, cell_prompt)
+
+    return batches
