@@ -16,8 +16,8 @@ are generated and git-ignored; edit the originals).
 
 The lectures run in full (``GENLAB_QUICK=0``) unless the environment says otherwise: what
 the site shows is what the lectures' prose describes.  The first build trains their models
-(a few minutes on a laptop CPU, BENCHMARKS.md); later builds load them from the checkpoint
-cache of ``genlab.checkpoints`` and take about a minute.  ``GENLAB_QUICK=1`` (the test suite's
+(about 10 minutes on a shared 2-core CPU, BENCHMARKS.md); later builds load them from the
+checkpoint cache of ``genlab.checkpoints`` and take two to three minutes.  ``GENLAB_QUICK=1`` (the test suite's
 build) cuts training to seconds, and then every output of a lecture carries a badge saying
 that it comes from a quick run (``genlab.quick.mark_results``).
 """
