@@ -104,6 +104,7 @@ from genlab.scgpt.pretraining import (
 )
 from genlab.scgpt.losses import ScGPTLosses, gaussian_nll, masked_mse, scgpt_loss, scgpt_losses
 from genlab.scgpt.generation import Generation, generate_values, most_confident
+from genlab.scgpt.simulator import CellSimulator, MixtureConditional, continuous_cell_tokens
 
 # Private, but named by the autograder (autograder/specs/a04_scgpt.py, BIN_CALLS and
 # LOSS_CALLS: calls a student's function must not make), which resolves them here.
@@ -147,4 +148,7 @@ __all__ = [
     "Generation",
     "most_confident",
     "generate_values",
+    "CellSimulator",
+    "MixtureConditional",
+    "continuous_cell_tokens",
 ]
