@@ -5,7 +5,9 @@ that names the real cause (and not a wrong one)."""
 from __future__ import annotations
 
 import math
+import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -117,6 +119,144 @@ def generation_step_nan_first(predicted, confidence, values, pending, steps_left
     rank = confidence.argsort(dim=1, descending=True, stable=True).argsort(dim=1)  # NaN ranks first
     move = (rank < n_move[:, None]) & pending
     return torch.where(move, predicted, values), pending & ~move
+
+
+
+# ---- assignment 4: binning, as a student writes it (torch.quantile, torch.searchsorted)
+
+
+def _bins(values, n_bins, n_edges=None, count_equal=True, shift=0, edges_of="nonzero",
+          zeros_too=False, ties="highest", dtype=None, generator=None):
+    """bin_values with the slips passed in (all defaults: right). ``edges_of``: the values the
+    quantiles are taken of ("nonzero" of the cell, its whole "row", the whole "matrix");
+    ``ties``: "highest" (the rule), "middle" of upstream main's range, "random" as main."""
+    x_all = values if dtype is None else values.to(dtype)  # (cells, genes)
+    bins = torch.zeros(values.shape, dtype=torch.long)
+    for cell, row in enumerate(x_all):
+        nonzero = row > 0  # (genes,)
+        if not nonzero.any():
+            continue
+        pool = {"nonzero": row[nonzero], "row": row, "matrix": x_all[x_all > 0]}[edges_of]
+        edges = torch.quantile(pool, torch.linspace(0, 1, n_edges or n_bins - 1, dtype=row.dtype))
+        chosen = torch.ones_like(nonzero) if zeros_too else nonzero
+        x = row[chosen]
+        at_most = torch.searchsorted(edges, x, right=count_equal)  # edges <= x (or < x)
+        below = torch.searchsorted(edges, x, right=False)  # edges < x
+        if ties == "middle":
+            at_most = torch.where(at_most > below, (below + 1 + at_most) // 2, at_most)
+        elif ties == "random":  # upstream main: ceil(u (below - at_most) + at_most)
+            u = torch.rand(x.shape, generator=generator, dtype=torch.float64)
+            at_most = torch.ceil(u * (below - at_most) + at_most).long()
+        bins[cell, chosen] = at_most + shift
+    return bins
+
+
+def bins_right(values, n_bins=51):
+    return _bins(values, n_bins)
+
+
+def bins_in_float64(values, n_bins=51):
+    return _bins(values, n_bins, dtype=torch.float64)
+
+
+def bins_numpy(values, n_bins=51):
+    x = values.numpy()
+    bins = np.zeros(x.shape, dtype=np.int64)
+    for cell, row in enumerate(x):
+        if (row > 0).any():
+            bins[cell, row > 0] = np.digitize(row[row > 0], np.quantile(row[row > 0], np.linspace(0, 1, n_bins - 1)))
+    return torch.from_numpy(bins)
+
+
+def bins_in_integers(values, n_bins=51):
+    """Exact arithmetic: edge k sits at position k (n - 1) / (n_bins - 2) of the sorted values, so x
+    reaches edge k iff k (n - 1) <= (#{v <= x} - 1)(n_bins - 2)."""
+    bins = torch.zeros(values.shape, dtype=torch.long)
+    for cell, row in enumerate(values):
+        x = row[row > 0]
+        if x.numel() == 1:
+            bins[cell, row > 0] = n_bins - 1
+        elif x.numel() > 1:
+            up_to = torch.searchsorted(x.sort().values, x, right=True)  # (n,) #{v <= x}
+            bins[cell, row > 0] = 1 + (up_to - 1) * (n_bins - 2) // (x.numel() - 1)
+    return bins
+
+
+def bins_mid_rank(values, n_bins=51):  # genlab's old rule
+    bins = torch.zeros(values.shape, dtype=torch.long)
+    for cell, row in enumerate(values):
+        x = row[row > 0]
+        ordered = x.sort().values
+        twice = torch.searchsorted(ordered, x, right=False) + torch.searchsorted(ordered, x, right=True)
+        bins[cell, row > 0] = 1 + twice * (n_bins - 1) // (2 * max(x.numel(), 1))
+    return bins
+
+
+def bins_random_ties(values, n_bins=51):  # upstream main's rule, seeded here to be repeatable
+    return _bins(values, n_bins, ties="random", generator=torch.Generator().manual_seed(0))
+
+
+# bug name in the spec's BIN_BUGS -> the student's function with that slip
+BIN_SLIPS = {
+    "mid_rank": bins_mid_rank,
+    "edges_below": lambda values, n_bins=51: _bins(values, n_bins, count_equal=False),
+    "n_bins_edges": lambda values, n_bins=51: _bins(values, n_bins, n_edges=n_bins),
+    "zeros_in_quantiles": lambda values, n_bins=51: _bins(values, n_bins, edges_of="row"),
+    "zeros_binned": lambda values, n_bins=51: _bins(values, n_bins, edges_of="row", zeros_too=True),
+    "whole_matrix": lambda values, n_bins=51: _bins(values, n_bins, edges_of="matrix"),
+    "from_zero": lambda values, n_bins=51: _bins(values, n_bins, shift=-1),
+    "ties_middle": lambda values, n_bins=51: _bins(values, n_bins, ties="middle"),
+    "float32": lambda values, n_bins=51: _bins(values, n_bins, dtype=torch.float32),
+}
+
+
+def bin_verdicts(fn) -> dict[str, str | None]:
+    """check name -> problem (None: passed), public and hidden checks of bin_values."""
+    checks = AssignmentChecks("04_scgpt")
+    return dict(checks._run("bin_values", fn, public=True) + checks._run("bin_values", fn, public=False))
+
+
+def bin_points(verdicts) -> int:
+    from autograder import spec
+
+    return sum(c.points for c in spec.load("04_scgpt").checks if c.name in verdicts and verdicts[c.name] is None)
+
+
+@pytest.mark.parametrize("fn", [bins_right, bins_in_float64, bins_numpy, bins_in_integers],
+                         ids=lambda fn: fn.__name__)
+def test_every_correct_binning_scores_full_points(fn):
+    """torch.quantile in float32 or float64, numpy's quantile, exact integers: the cases never
+    let the last bit of an interpolation decide a bin, so all of them get every point."""
+    verdicts = bin_verdicts(fn)
+    assert set(verdicts) == {"bin_values", "bin_values.hidden"}
+    assert all(problem is None for problem in verdicts.values()), verdicts
+    assert bin_points(verdicts) == 4
+
+
+@pytest.mark.parametrize("bug", sorted(BIN_SLIPS))
+def test_each_binning_slip_gets_its_message_and_no_points(bug):
+    from autograder.specs.a04_scgpt import BIN_BUGS
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.quantile on one value, etc.
+        verdicts = bin_verdicts(BIN_SLIPS[bug])
+    message = BIN_BUGS[bug][1]
+    for name, problem in verdicts.items():
+        assert problem is not None, f"{bug} passes {name}"
+        assert problem.splitlines()[0].endswith(": " + message), (name, problem)
+    assert bin_points(verdicts) == 0
+
+
+def test_random_ties_fail_without_a_wrong_story():
+    """Upstream main's random tie-breaking cannot be matched by a stored output; it fails
+    both checks with the first differing bin, and no named bug claims it."""
+    from autograder.specs.a04_scgpt import BIN_BUGS
+
+    verdicts = bin_verdicts(bins_random_ties)
+    assert bin_points(verdicts) == 0
+    for problem in verdicts.values():
+        assert "`bins` differs at" in problem, problem
+        assert not any(message in problem for _, message in BIN_BUGS.values()), problem
 
 
 # (assignment, function, wrong implementation, a phrase of the message, a phrase it must not hold)

@@ -1,8 +1,8 @@
 """Assignment 4, "scGPT: masked generation for cells": what is graded, on which inputs, for how many points.
 
 Students implement the four pieces of scGPT that BERT and GPT do not have: per-cell
-quantile binning of expression values (exact integers, against
-``genlab.scgpt.bin_expression``), the known/unknown attention mask (exact, against
+quantile binning of expression values by upstream scGPT's rule, ties to the highest bin
+(exact integers, against ``genlab.scgpt.bin_expression``), the known/unknown attention mask (exact, against
 ``genlab.masks.known_unknown_mask``), the GEP loss, a mean squared error over the genes
 to generate only (against ``genlab.scgpt.masked_mse``), and one step of iterative
 confidence-based generation (against ``genlab.scgpt.most_confident``, the choice that
@@ -10,10 +10,14 @@ confidence-based generation (against ``genlab.scgpt.most_confident``, the choice
 masking differs from BERT's is graded by hand in nbgrader's formgrader.
 
 Each known bug below is a plausible student slip; a submission that reproduces one gets
-the bug's message instead of a bare "differs at".
+the bug's message instead of a bare "differs at".  One binning slip has no named message:
+upstream main's own random tie-breaking gives different bins at every run, so no stored
+output can match it; it fails the checks with the first differing bin.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -32,7 +36,7 @@ def _gen(seed: int) -> torch.Generator:
 
 
 def reference_bin_values(values, n_bins):
-    """(cells, genes) int64: genlab's per-cell mid-rank bins."""
+    """(cells, genes) int64: genlab's per-cell bins (upstream scGPT's rule, ties to the highest bin)."""
     return torch.from_numpy(scgpt.bin_expression(values.detach().cpu().numpy(), n_bins)).to(values.device)
 
 
@@ -50,66 +54,121 @@ def reference_generation_step(predicted, confidence, values, pending, steps_left
 # ------------------------------------------------------------------------- known bugs
 
 
-def _bins(values, n_bins: int, twice_rank, shift: int = 1) -> torch.Tensor:
-    """``shift + floor(q (n_bins - 1))`` for each cell's nonzero values, with
-    ``(2 q n, n) = twice_rank(row, nonzero)``; bins above n_bins - 1 are clipped."""
-    x = values.detach().cpu().numpy().astype(np.float64)
+def _cell_edges(row: np.ndarray, n_bins: int) -> np.ndarray:
+    """The reference's edges: the quantiles of the cell's nonzero values at n_bins - 1 probabilities."""
+    return np.quantile(row[row != 0], np.linspace(0, 1, n_bins - 1))
+
+
+def _digitized(values, n_bins, edges_of=_cell_edges, right=False, shift=0, zeros_too=False,
+               dtype=None) -> torch.Tensor:
+    """Each cell's values ``np.digitize``d against ``edges_of(row, n_bins)``, with one slip
+    configurable (all defaults: the reference): ``right=True`` counts the edges < x,
+    ``shift`` is added to every nonzero value's bin, ``zeros_too`` digitizes the zeros as
+    well, ``dtype`` casts the values first.  A cell without a nonzero value stays zero."""
+    x = values.detach().cpu().numpy()
+    x = x.astype(dtype) if dtype else x
     bins = np.zeros(x.shape, dtype=np.int64)
     for cell, row in enumerate(x):
-        nonzero = row > 0
-        twice, n = twice_rank(row, nonzero)  # (nonzero,) ints in 0 .. 2n
-        bins[cell, nonzero] = shift + twice * (n_bins - 1) // (2 * n)
-    return torch.from_numpy(np.minimum(bins, n_bins - 1))
-
-
-def _mid_rank(sorted_pool, x):
-    """#{v < x} + #{v <= x} over ``sorted_pool``: twice the mid-rank."""
-    return np.searchsorted(sorted_pool, x, side="left") + np.searchsorted(sorted_pool, x, side="right")
-
-
-def _cell_mid_rank(row, nonzero):
-    return _mid_rank(np.sort(row[nonzero]), row[nonzero]), nonzero.sum()
-
-
-def bins_ordinal_rank(values, n_bins):
-    """Ties broken by position: each value's place in a (stable) sort instead of its mid-rank."""
-    return _bins(values, n_bins, lambda row, nonzero: (
-        2 * np.argsort(np.argsort(row[nonzero], kind="stable"), kind="stable") + 1, nonzero.sum()))
-
-
-def bins_zeros_in_quantiles(values, n_bins):
-    """Quantiles among all of the cell's genes, the zeros included."""
-    return _bins(values, n_bins, lambda row, nonzero: (_mid_rank(np.sort(row), row[nonzero]), row.size))
-
-
-def bins_without_shift(values, n_bins):
-    """floor(q (n_bins - 1)) without the 1 +: small nonzero values fall into bin 0."""
-    return _bins(values, n_bins, _cell_mid_rank, shift=0)
-
-
-def bins_whole_matrix(values, n_bins):
-    """Quantiles of every nonzero value of the matrix, not of the cell's own."""
-    x = values.detach().cpu().numpy().astype(np.float64)
-    pool = np.sort(x[x > 0])
-    bins = np.zeros(x.shape, dtype=np.int64)
-    nonzero = x > 0
-    bins[nonzero] = 1 + _mid_rank(pool, x[nonzero]) * (n_bins - 1) // (2 * pool.size)
+        if not (row != 0).any():
+            continue
+        binned = np.ones(row.shape, dtype=bool) if zeros_too else row != 0  # (genes,)
+        bins[cell, binned] = np.digitize(row[binned], edges_of(row, n_bins), right=right) + shift
     return torch.from_numpy(bins)
 
 
+def bins_mid_rank(values, n_bins):
+    """genlab's old rule: 1 + floor(q (n_bins - 1)), q the mid-rank quantile among the nonzero values."""
+    x = values.detach().cpu().numpy()
+    bins = np.zeros(x.shape, dtype=np.int64)
+    for cell, row in enumerate(x):
+        nonzero = row[row != 0]
+        if nonzero.size:
+            ordered = np.sort(nonzero)
+            twice = np.searchsorted(ordered, nonzero, "left") + np.searchsorted(ordered, nonzero, "right")
+            bins[cell, row != 0] = 1 + twice * (n_bins - 1) // (2 * nonzero.size)
+    return torch.from_numpy(bins)
+
+
+def bins_edges_below(values, n_bins):
+    """np.digitize(..., right=True) / torch.searchsorted(..., right=False): the edges < x."""
+    return _digitized(values, n_bins, right=True)
+
+
+def bins_n_bins_edges(values, n_bins):
+    """n_bins edges (np.linspace(0, 1, n_bins)) instead of n_bins - 1."""
+    return _digitized(values, n_bins, edges_of=lambda row, n: np.quantile(row[row != 0], np.linspace(0, 1, n)))
+
+
+def _row_edges(row: np.ndarray, n_bins: int) -> np.ndarray:
+    return np.quantile(row, np.linspace(0, 1, n_bins - 1))  # zeros included
+
+
+def bins_zeros_in_quantiles(values, n_bins):
+    """Edges from all of the cell's values, the zeros included; the zeros themselves kept in bin 0."""
+    return _digitized(values, n_bins, edges_of=_row_edges)
+
+
+def bins_zeros_binned(values, n_bins):
+    """The whole row digitized against its own quantiles: the zeros in the edges, and binned too."""
+    return _digitized(values, n_bins, edges_of=_row_edges, zeros_too=True)
+
+
+def bins_whole_matrix(values, n_bins):
+    """Edges from every nonzero value of the matrix, not from the cell's own."""
+    x = values.detach().cpu().numpy()
+    edges = np.quantile(x[x != 0], np.linspace(0, 1, n_bins - 1))
+    return _digitized(values, n_bins, edges_of=lambda row, n: edges)
+
+
+def bins_from_zero(values, n_bins):
+    """The number of edges <= x, minus 1: nonzero values in bins 0 .. n_bins - 2."""
+    return _digitized(values, n_bins, shift=-1)
+
+
+def bins_ties_middle(values, n_bins):
+    """A value equal to several edges in the middle of upstream main's random range, not its top."""
+    at_most, below = _digitized(values, n_bins), _digitized(values, n_bins, right=True)
+    return torch.where(at_most > below, (below + 1 + at_most) // 2, at_most)
+
+
+def bins_float32(values, n_bins):
+    """The values cast to float32 first: values that only float64 tells apart become ties."""
+    return _digitized(values, n_bins, dtype=np.float32)
+
+
+_RULE = ("bin = the number of the cell's edges that are <= x, edges = np.quantile(the cell's "
+         "nonzero values, np.linspace(0, 1, n_bins - 1))")
 BIN_BUGS = {
-    "ordinal_rank": (f"{_HERE}.bins_ordinal_rank",
-                     "equal values got different bins: ties must share a bin. Use the mid-rank "
-                     "quantile q = (#{v < x} + #{v <= x}) / (2n), not the value's position in a sort"),
+    "mid_rank": (f"{_HERE}.bins_mid_rank",
+                 "these are mid-rank bins, 1 + floor(q (n_bins - 1)) (genlab's old rule); scGPT's "
+                 f"{_RULE}, so a cell's minimum is bin 1 and its maximum bin n_bins - 1"),
+    "edges_below": (f"{_HERE}.bins_edges_below",
+                    "you counted the edges BELOW x (np.digitize(..., right=True), or torch.searchsorted "
+                    "with right=False): a value equal to an edge must count it, so the cell's minimum is "
+                    f"bin 1, not 0, and tied values take the highest bin. {_RULE}"),
+    "n_bins_edges": (f"{_HERE}.bins_n_bins_edges",
+                     "you made n_bins edges; make n_bins - 1, at np.linspace(0, 1, n_bins - 1): with "
+                     "n_bins edges the cell's maximum lands in bin n_bins, outside 0 .. n_bins - 1"),
     "zeros_in_quantiles": (f"{_HERE}.bins_zeros_in_quantiles",
-                           "the zeros took part in the quantiles: each cell's quantiles are over its "
-                           "NONZERO values only (n = the number of nonzero genes; zeros stay in bin 0)"),
-    "no_shift": (f"{_HERE}.bins_without_shift",
-                 "nonzero values must go to bins 1 .. n_bins-1 (bin 0 is reserved for zeros): "
-                 "bin = 1 + floor(q (n_bins - 1)); you left out the 1 +"),
+                           "the zeros took part in the quantiles: the edges are quantiles of the cell's "
+                           "NONZERO values only (zeros stay in bin 0 and shape no edge)"),
+    "zeros_binned": (f"{_HERE}.bins_zeros_binned",
+                     "you binned the whole row, zeros included: zeros stay in bin 0, and the edges are "
+                     "quantiles of the cell's NONZERO values only"),
     "whole_matrix": (f"{_HERE}.bins_whole_matrix",
                      "you binned by the quantiles of the whole matrix; scGPT bins each cell by its OWN "
-                     "quantiles, one row at a time, so that sequencing depth does not matter"),
+                     "nonzero values, one row at a time, so that sequencing depth does not matter"),
+    "from_zero": (f"{_HERE}.bins_from_zero",
+                  "nonzero values go to bins 1 .. n_bins - 1 (bin 0 is for zeros only): the bin is the "
+                  "number of edges <= x, and the cell's minimum already reaches the first edge; you "
+                  "subtracted 1 (or dropped the first edge)"),
+    "ties_middle": (f"{_HERE}.bins_ties_middle",
+                    "a value equal to several edges (tied values, a single expressed gene) got a bin in "
+                    "the middle of its range; the rule gives it the HIGHEST, the number of edges <= x "
+                    "(np.digitize(x, edges), torch.searchsorted(edges, x, right=True))"),
+    "float32": (f"{_HERE}.bins_float32",
+                "values that differ only in float64 got the same bin: compute in the input's dtype "
+                "(here float64), not float32"),
 }
 
 
@@ -288,11 +347,31 @@ STEP_BUGS = {
 # ------------------------------------------------------------------------------ cases
 
 
+def _without_edges_on_values(x: torch.Tensor, n_bins: int) -> torch.Tensor:
+    """Zero each cell's last nonzero values until no quantile edge can fall exactly on a value
+    by arithmetic alone, for n_bins - 1 edges and for n_bins (the n_bins_edges bug).
+
+    Edge k of a cell with n nonzero values sits at position k (n - 1) / (n_bins - 2) of its
+    sorted values.  Where that is a whole number and the neighbouring values differ, the
+    edge equals a value only in exact arithmetic, and the last bit of the interpolation
+    (numpy's and torch's differ) decides the value's bin.  With gcd(n - 1, n_bins - 2) = 1
+    no interior position is whole, so numpy or torch, float32 or float64, every correct
+    implementation gets the same bins (tests/test_diagnoses.py checks this on every case)."""
+    for row in x:
+        on = row.nonzero().flatten()  # (n,) the cell's nonzero genes
+        n = on.numel()
+        while n > 1 and (math.gcd(n - 1, n_bins - 2) > 1 or math.gcd(n - 1, n_bins - 1) > 1):
+            n -= 1
+            row[on[n]] = 0.0
+    return x
+
+
 def expression_case(seed: int, cells: int, genes: int, kind: str, n_bins: int = 51,
                     dtype: str = "float32") -> CaseSpec:
     """kind: rounded (log-like values with one decimal: many ties) | counts (Poisson counts:
-    ties everywhere, as in raw data) | distinct (no zeros, all values different) | single (one
-    nonzero gene per cell) | near_ties (values 1e-9 apart: distinct in float64, equal in float32)."""
+    ties everywhere, as in raw data) | distinct (all values different) | single (one nonzero
+    gene per cell) | near_ties (values 1e-9 apart: distinct in float64, equal in float32) |
+    silent (rounded, but the first and the last cell have no nonzero value)."""
 
     def make():
         g = _gen(seed)
@@ -301,6 +380,7 @@ def expression_case(seed: int, cells: int, genes: int, kind: str, n_bins: int = 
             x = torch.poisson(rates, generator=g)
         elif kind == "distinct":
             x = torch.stack([torch.randperm(genes, generator=g) for _ in range(cells)]).double() * 0.37 + 0.5
+            x[torch.rand(cells, genes, generator=g) < 0.3] = 0.0
         elif kind == "near_ties":
             x = torch.randint(1, 4, (cells, genes), generator=g).double()
             x += torch.randint(0, 2, (cells, genes), generator=g).double() * 1e-9
@@ -313,9 +393,12 @@ def expression_case(seed: int, cells: int, genes: int, kind: str, n_bins: int = 
             x = (torch.rand(cells, genes, generator=g, dtype=torch.float64) * 4).round(decimals=1)
             x[torch.rand(cells, genes, generator=g) < 0.4] = 0.0
         x[:, 0] = torch.where(x.sum(dim=1) > 0, x[:, 0], torch.ones(cells, dtype=x.dtype))  # no silent cell
-        return {"values": x.to(getattr(torch, dtype)), "n_bins": n_bins}
+        if kind == "silent":
+            x[[0, -1]] = 0.0
+        return {"values": _without_edges_on_values(x, n_bins).to(getattr(torch, dtype)), "n_bins": n_bins}
 
-    behaviour = {"single": "one expressed gene per cell", "near_ties": "values 1e-9 apart"}.get(kind, "")
+    behaviour = {"single": "one expressed gene per cell", "near_ties": "values 1e-9 apart",
+                 "silent": "a cell with no expressed gene"}.get(kind, "")
     return CaseSpec(make=make, meta={"kind": kind, "shape": [cells, genes], "n_bins": n_bins,
                                      "dtype": dtype, "seed": seed}, kind=behaviour)
 
@@ -382,7 +465,7 @@ def step_case(seed: int, B: int, L: int, steps_left: int, kind: str = "random",
 
 # ------------------------------------------------------------------------------ checks
 
-BIN_CALLS = ("genlab.scgpt.bin_expression", "genlab.scgpt._mid_rank_bins", "genlab.scgpt.tokenize_adata")
+BIN_CALLS = ("genlab.scgpt.bin_expression", "genlab.scgpt._edge_count_bins", "genlab.scgpt.tokenize_adata")
 MASK_CALLS = ("genlab.masks.known_unknown_mask",)
 LOSS_CALLS = ("genlab.scgpt.masked_mse", "genlab.scgpt._masked_mean", "genlab.scgpt.gaussian_nll",
               "genlab.scgpt.scgpt_losses")
@@ -412,16 +495,19 @@ SPEC = Assignment(
     checks=[
         check("bin_values", "bin_values", True,
               [expression_case(0, 6, 20, "rounded"), expression_case(1, 4, 12, "rounded", n_bins=5),
-               expression_case(8, 3, 8, "single"), expression_case(9, 3, 12, "near_ties", dtype="float64")],
-              "per-cell mid-rank bins, values with ties, n_bins = 51 and 5; one expressed gene per "
-              "cell; float64 values 1e-9 apart (exact)", points=2),
+               expression_case(10, 5, 30, "counts", n_bins=11), expression_case(8, 3, 8, "single"),
+               expression_case(9, 3, 12, "near_ties", dtype="float64"),
+               expression_case(11, 4, 12, "silent", n_bins=9)],
+              "per-cell quantile bins, values with ties, n_bins = 51, 5 and 11; one expressed gene "
+              "per cell; float64 values 1e-9 apart; cells with no expressed gene, n_bins = 9 (exact)", points=2),
         check("bin_values.hidden", "bin_values", False,
-              [expression_case(2, 32, 1200, "counts"), expression_case(3, 3, 10, "distinct", n_bins=11),
-               expression_case(4, 5, 30, "single"), expression_case(5, 4, 16, "rounded", n_bins=2),
+              [expression_case(2, 32, 1200, "counts"), expression_case(3, 3, 40, "distinct", n_bins=11),
+               expression_case(4, 5, 30, "single"), expression_case(5, 5, 16, "silent", n_bins=3),
                expression_case(6, 8, 40, "counts", dtype="float64"),
                expression_case(7, 4, 24, "near_ties", dtype="float64")],
-              "Poisson counts with 1,200 genes; n = n_bins - 1 distinct values; one expressed gene per "
-              "cell; n_bins = 2; float64, with values 1e-9 apart that only float64 tells apart (exact)",
+              "Poisson counts with 1,200 genes; all values different; one expressed gene per cell; "
+              "cells with no expressed gene, n_bins = 3; float64, with values 1e-9 apart that only "
+              "float64 tells apart (exact)",
               points=2),
         check("scgpt_mask", "scgpt_mask", True, [mask_case(3, 2), mask_case(4, 4), mask_case(2, 0)],
               "the known/unknown mask, 3 + 2 and 4 + 4 genes; nothing to generate", points=2),
@@ -459,13 +545,10 @@ SPEC = Assignment(
         "bert_mask": {"solved": "all", "lost": ["scgpt_mask", "scgpt_mask.hidden"],
                       "edit": {"scgpt_mask": ["torch.eye(n_unknown, dtype=torch.bool)",
                                               "torch.ones(n_unknown, n_unknown, dtype=torch.bool)"]}},
-        # ties broken by position (an argsort rank)
-        "ordinal_bins": {"solved": "all", "lost": ["bin_values", "bin_values.hidden"],
-                         "edit": {"bin_values": [
-                             "below = torch.searchsorted(ordered, x, right=False)  # (n,) how many are < x\n"
-                             "        up_to = torch.searchsorted(ordered, x, right=True)  # (n,) how many are <= x",
-                             "below = x.argsort(stable=True).argsort()  # (n,) its place in a sort\n"
-                             "        up_to = below + 1"]}},
+        # np.digitize(..., right=True)'s habit: the edges below x, so a cell's minimum lands in bin 0
+        "edges_below_bins": {"solved": "all", "lost": ["bin_values", "bin_values.hidden"],
+                             "edit": {"bin_values": ["torch.searchsorted(edges, x, right=True)",
+                                                     "torch.searchsorted(edges, x, right=False)"]}},
         # floor instead of ceiling: too few genes move, and none when fewer are left than steps
         "floor_steps": {"solved": "all", "lost": ["generation_step", "generation_step.hidden"],
                         "edit": {"generation_step": ["(remaining + steps_left - 1) // steps_left",

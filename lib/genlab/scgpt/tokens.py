@@ -1,7 +1,8 @@
 """scGPT's input: gene vocabulary, per-cell binning of expression values, cells as tokens.
 
 ``GeneVocab`` maps gene names to token ids; ``bin_expression`` turns a cell's
-expression values into per-cell quantile bins (deterministic mid-rank bins);
+expression values into per-cell quantile bins (upstream scGPT's rule, ties to
+the highest bin);
 ``tokenize_adata`` turns an AnnData into ``CellTokens``, the model's input.
 Part of ``genlab.scgpt`` (the package docstring explains the model).
 """
@@ -9,6 +10,7 @@ Part of ``genlab.scgpt`` (the package docstring explains the model).
 from __future__ import annotations
 
 import collections
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -142,53 +144,89 @@ def _nonzero_in_cell(matrix, cell: int) -> tuple[np.ndarray, np.ndarray]:
     return columns[keep], values[keep]
 
 
-def _mid_rank_bins(nonzero: np.ndarray, n_bins: int) -> np.ndarray:
-    """Bins 1 .. n_bins-1 of one cell's nonzero values (see ``bin_expression``)."""
-    n = nonzero.size
-    ordered = np.sort(nonzero)
-    below = np.searchsorted(ordered, nonzero, side="left")  # values strictly smaller
-    up_to = np.searchsorted(ordered, nonzero, side="right")  # values smaller or equal
-    # mid-rank quantile q = (below + up_to) / (2n), in (0, 1);
-    # bin = 1 + floor(q * (n_bins - 1)), computed in integers (no rounding error)
-    return 1 + (below + up_to) * (n_bins - 1) // (2 * n)
+def _working_dtype(values) -> np.dtype:
+    """The float type the quantiles are computed in: the input's own float type (upstream
+    computes in whatever the AnnData holds, usually float32), else float64."""
+    dtype = values.dtype if sp.issparse(values) else np.asarray(values).dtype
+    return dtype if np.issubdtype(dtype, np.floating) else np.dtype(np.float64)
+
+
+def _edge_count_bins(nonzero: np.ndarray, n_bins: int) -> np.ndarray:
+    """(n,) bins 1 .. n_bins-1 of one cell's (n,) nonzero values: how many of the cell's
+    ``n_bins - 1`` quantile edges each value reaches (see ``bin_expression``)."""
+    edges = np.quantile(nonzero, np.linspace(0.0, 1.0, n_bins - 1))  # (n_bins - 1,) non-decreasing
+    return np.searchsorted(edges, nonzero, side="right")  # = np.digitize(nonzero, edges)
 
 
 def bin_expression(values, n_bins: int = 51) -> np.ndarray:
-    """Per-cell quantile bins of expression values: int64 array of the input's shape.
+    """Per-cell quantile bins of expression values, by upstream scGPT's rule: int64, the input's shape.
 
     ``values``: (cells, genes) dense array or scipy sparse matrix, or one cell
-    as a 1-D array; non-negative, finite.  Each cell is binned on its own:
+    as a 1-D array; non-negative and finite.  ``n_bins >= 3``.  Each cell is
+    binned on its own, as upstream scGPT's ``binning`` does it
+    (``scgpt/preprocess.py``):
 
     - a zero stays in bin 0;
-    - a nonzero value x gets its *mid-rank quantile* among the cell's n nonzero
-      values, ``q = (#{v < x} + #{v <= x}) / (2 n)`` (strictly between 0 and
-      1), and the bin ``1 + floor(q * (n_bins - 1))``, in 1 .. n_bins-1.
+    - the cell's n nonzero values give ``n_bins - 1`` *edges*, their quantiles
+      at the evenly spaced probabilities ``np.linspace(0, 1, n_bins - 1)``
+      (``np.quantile``, numpy's default linear interpolation, in the input's
+      float type): the first edge is the cell's minimum, the last its maximum;
+    - a nonzero value x gets the number of edges that are <= x
+      (``np.digitize(x, edges)``), between 1 and n_bins - 1: the cell's maximum
+      is always in bin n_bins - 1, its minimum in bin 1 when no other value
+      equals it.
 
-    Tie rule: the bin is a function of the value (and of the cell), so equal
-    values always share a bin, larger values never get a smaller bin, and the
-    result is deterministic.  A group of tied values lands in the middle of the
-    quantile range it spans, where upstream scGPT's random tie-breaking would
-    scatter it (upstream issues #157, #319).  With n distinct nonzero values
-    the bins are as even as they can be: n = n_bins - 1 gives bins 1 .. n_bins-1
-    once each; a single nonzero value gets the middle bin.
+    Example, [1, 2, 3] with 51 bins: 49 edges 1, 1 + 1/24, 1 + 2/24, ..., 3;
+    1 reaches the first edge only, 2 the first 25 (up to 1 + 24/24), 3 all
+    49: bins 1, 25, 50.
 
-    A cell with no nonzero value cannot be binned and raises, as do NaN,
-    infinite and negative values.
+    Ties.  A value equal to several edges (a value shared by several genes, or
+    the only value of a cell) could be given any bin from one more than the
+    number of edges < x up to the number of edges <= x.  Upstream main draws
+    one of these at random for every value (``_digitize(..., side="both")``),
+    so the same cell is binned differently from run to run (its issues #157,
+    #319); upstream dev-temp takes the highest.  genlab takes the highest too:
+    it is deterministic, lies inside main's range, equals dev-temp's bins
+    exactly and is plain ``np.digitize``: equal values share a bin, a larger
+    value never gets a smaller bin, and the cell's maximum is always bin
+    n_bins - 1.  Its cost: a large group of tied values sits at the top of its
+    range, where main would spread it over the whole range (with counts, the
+    many genes seen once share one bin well above 1).  Where x equals at most
+    one edge, main has no choice either, so genlab equals upstream main there.
+
+    Special cells: a cell with one nonzero gene has n_bins - 1 equal edges, and
+    the gene gets bin n_bins - 1 (main: a random bin in 1 .. n_bins - 1).  A
+    cell with no nonzero value (after highly variable gene selection such
+    cells happen) gets a row of zeros and a warning, as upstream main does.
+
+    Raises ValueError for ``n_bins < 3`` (with 2 bins there is one edge, the
+    minimum, and nothing to rank), and for non-numeric, NaN, infinite or
+    negative values.  Speed: one ``np.quantile`` and one ``np.searchsorted``
+    per cell.
     """
-    if int(n_bins) != n_bins or n_bins < 2:
-        raise ValueError(f"n_bins must be an integer >= 2 (bin 0 holds the zeros), got {n_bins}")
+    if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 3:
+        raise ValueError(
+            f"n_bins must be an integer >= 3 (bin 0 holds the zeros, and n_bins - 1 >= 2 "
+            f"quantile edges rank the rest), got {n_bins!r}"
+        )
     one_cell = not sp.issparse(values) and np.ndim(values) == 1
     matrix = _checked_expression(values)
+    dtype = _working_dtype(values)
     n_cells, n_genes = matrix.shape
     bins = np.zeros((n_cells, n_genes), dtype=np.int64)
+    silent = []
     for cell in range(n_cells):
         columns, nonzero = _nonzero_in_cell(matrix, cell)
         if nonzero.size == 0:
-            raise ValueError(
-                f"cell {cell} has no expressed gene (all {n_genes} values are 0), "
-                "so it has no quantiles to bin by; drop it or choose other genes"
-            )
-        bins[cell, columns] = _mid_rank_bins(nonzero, int(n_bins))
+            silent.append(cell)
+            continue
+        bins[cell, columns] = _edge_count_bins(nonzero.astype(dtype), int(n_bins))
+    if silent:
+        warnings.warn(
+            f"{len(silent)} of {n_cells} cell(s) have no nonzero value (e.g. cell {silent[0]}); "
+            "their bins are all 0. Drop them (e.g. sc.pp.filter_cells) if that is not intended",
+            stacklevel=2,
+        )
     return bins[0] if one_cell else bins
 
 
