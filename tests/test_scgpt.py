@@ -1,4 +1,5 @@
-"""genlab.scgpt: binning, vocabulary, tokens, the generative mask, losses, generation, experiment."""
+"""genlab.scgpt: vocabulary, tokens, the generative mask, losses, generation, experiment
+(binning: test_scgpt_binning.py)."""
 
 from __future__ import annotations
 
@@ -88,81 +89,7 @@ def float64_model(backend="torch", **overrides) -> ScGPT:
     return ScGPT(tiny_config(backend=backend, **overrides)).double().eval()
 
 
-# ----------------------------------------------------------------------------
-# binning
-
-
-def test_binning_worked_example_with_ties():
-    # nonzero values 1, 1, 2, 3, 0.5 (n=5): mid-rank quantiles .3 .3 .7 .9 .1 -> 1 + floor(4q)
-    bins = bin_expression(np.array([0.0, 1.0, 1.0, 2.0, 3.0, 0.5]), n_bins=5)
-    assert bins.tolist() == [0, 2, 2, 3, 4, 1]
-
-
-def test_binning_zeros_range_monotone_and_ties():
-    rng = np.random.default_rng(0)
-    values = np.round(rng.gamma(1.0, 1.0, size=(20, 60)), 1)  # rounding makes ties
-    values[rng.random(values.shape) < 0.4] = 0.0
-    values[:, 0] = 1.0  # every cell expresses something
-    bins = bin_expression(values, n_bins=51)
-    assert bins.dtype == np.int64 and bins.shape == values.shape
-    assert (bins[values == 0] == 0).all()
-    assert ((bins[values > 0] >= 1) & (bins[values > 0] <= 50)).all()
-    for cell in range(values.shape[0]):
-        v, b = values[cell], bins[cell]
-        order = np.argsort(v, kind="stable")
-        assert (np.diff(b[order]) >= 0).all(), "bins must not decrease as values grow"
-        for value in np.unique(v):
-            assert len(set(b[v == value])) == 1, "equal values must share a bin"
-
-
-def test_binning_distinct_values_fill_every_bin_once():
-    values = np.random.default_rng(1).permutation(np.arange(1, 51)).astype(float)  # 50 distinct
-    bins = bin_expression(values, n_bins=51)
-    assert sorted(bins.tolist()) == list(range(1, 51))
-    assert bin_expression(np.array([0.0, 7.0, 0.0]), n_bins=51).tolist() == [0, 26, 0]  # middle bin
-
-
-def test_binning_is_deterministic_per_cell_and_sparse_equals_dense():
-    values = synthetic_adata().X.toarray()
-    bins = bin_expression(values)
-    assert np.array_equal(bins, bin_expression(values.copy()))
-    assert np.array_equal(bins, bin_expression(sp.csr_matrix(values)))
-    assert np.array_equal(bins, bin_expression(sp.csc_matrix(values)))
-    for cell in (0, 7, 39):  # each cell is binned on its own
-        assert np.array_equal(bin_expression(values[cell]), bins[cell])
-    scaled = values.copy()
-    scaled[3] *= 10.0  # quantile bins ignore a cell's scale
-    assert np.array_equal(bin_expression(scaled), bins)
-    permutation = np.random.default_rng(2).permutation(values.shape[1])
-    assert np.array_equal(bin_expression(values[:, permutation]), bins[:, permutation])
-
-
-def test_sparse_explicit_zeros_are_zeros():
-    matrix = sp.csr_matrix((np.array([0.0, 2.0, 1.0]), np.array([0, 1, 2]), np.array([0, 3])),
-                           shape=(1, 4))
-    assert bin_expression(matrix, n_bins=3).tolist() == [[0, 2, 1, 0]]
-
-
-@pytest.mark.parametrize("bad, message", [
-    (np.array([[1.0, -0.5, 2.0]]), "negative"),
-    (np.array([[1.0, np.nan, 2.0]]), "NaN"),
-    (np.array([[1.0, np.inf, 2.0]]), "infinite"),
-    (np.array([[1.0, 2.0], [0.0, 0.0]]), "cell 1 has no expressed gene"),
-])
-def test_binning_rejects_bad_input(bad, message):
-    with pytest.raises(ValueError, match=message):
-        bin_expression(bad)
-    with pytest.raises(ValueError, match=message):
-        bin_expression(sp.csr_matrix(bad))
-
-
-def test_binning_error_names_the_position():
-    values = np.ones((3, 4))
-    values[2, 1] = -1.0
-    with pytest.raises(ValueError, match="cell 2, gene 1"):
-        bin_expression(sp.csr_matrix(values))
-    with pytest.raises(ValueError, match="n_bins"):
-        bin_expression(values, n_bins=1)
+# (binning: tests/test_scgpt_binning.py, against upstream scGPT's rule)
 
 
 # ----------------------------------------------------------------------------
@@ -254,6 +181,16 @@ def test_model_init_is_seeded_and_leaves_global_rng_alone():
     assert not torch.equal(a.generate_flag, other.generate_flag)
 
 
+def test_value_scale_defaults_to_the_largest_bin_and_can_be_set():
+    assert tiny_config().value_scale == 50.0 and tiny_config(n_bins=11).value_scale == 10.0
+    continuous = ScGPT(tiny_config(n_bins=11, value_scale=4.0))
+    assert continuous.config.value_scale == 4.0  # set explicitly: n_bins no longer decides it
+    assert continuous.value_encoder.value_scale == 4.0 and continuous.expression_head.value_scale == 4.0
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="value_scale"):
+            tiny_config(value_scale=bad)
+
+
 def test_attention_mask_is_known_unknown_mask_plus_padding():
     model = float64_model()
     known_real = torch.tensor([[True, True, False]])
@@ -300,6 +237,41 @@ def test_unknown_output_ignores_other_unknown_genes(backend):
         torch.testing.assert_close(getattr(changed, field)[:, 2], reference, rtol=0, atol=1e-10)
         torch.testing.assert_close(getattr(crowd, field)[:, 2], reference, rtol=0, atol=1e-10)
         torch.testing.assert_close(getattr(flipped, field)[:, 1], reference, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_plain_encoder_lets_every_token_see_every_real_token(backend):
+    """``generative_mask=False`` (upstream's cell-prompt inference): padding is the only mask."""
+    model = float64_model(backend)
+    kg, kv, ug, kr, ur = random_inputs()
+    mask = model.attention_mask(kr, ur, generative_mask=False)
+    assert mask.shape == (3, 1, 1, 1 + 5 + 4)
+    assert torch.equal(mask[:, 0, 0], torch.cat([torch.ones(3, 1, dtype=torch.bool), kr, ur], dim=1))
+    other_ids = ug.clone()
+    other_ids[:, 0] = torch.where(ug[:, 0] == 5, 6, 5)  # another gene as unknown gene 0
+    for generative in (True, False):
+        base = model(kg, kv, ug, kr, ur, generative_mask=generative)
+        changed = model(kg, kv, other_ids, kr, ur, generative_mask=generative)
+        others_moved = (changed.value[:, 1:] - base.value[:, 1:])[ur[:, 1:]].abs()
+        cell_moved = (changed.cell_embedding - base.cell_embedding).abs().amax(dim=1)
+        if generative:  # the other unknown genes and <cls> never see unknown gene 0
+            assert others_moved.max() < 1e-12 and cell_moved.max() < 1e-12
+        else:  # plain encoder: all of them do
+            assert others_moved.min() > 1e-8 and cell_moved.min() > 1e-8
+    # padding stays invisible to the plain encoder
+    kg2, kv2, ug2 = kg.clone(), kv.clone(), ug.clone()
+    kg2[~kr], kv2[~kr], ug2[~ur] = 7, 49.0, 8
+    padded = model(kg2, kv2, ug2, kr, ur, generative_mask=False)
+    torch.testing.assert_close(padded.value[ur], base.value[ur], rtol=0, atol=1e-12)
+    torch.testing.assert_close(padded.cell_embedding, base.cell_embedding, rtol=0, atol=1e-12)
+
+
+def test_plain_encoder_is_the_same_on_both_backends():
+    kg, kv, ug, kr, ur = random_inputs(seed=2)
+    scratch = float64_model("scratch")(kg, kv, ug, kr, ur, generative_mask=False)
+    fused = float64_model("torch")(kg, kv, ug, kr, ur, generative_mask=False)
+    for field in HEADS:
+        torch.testing.assert_close(getattr(fused, field), getattr(scratch, field), rtol=0, atol=1e-9)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -415,12 +387,35 @@ def test_pretraining_batches_are_seeded_and_draw_every_fraction():
     a = batches(0, torch.Generator().manual_seed(1))
     b = batches(0, torch.Generator().manual_seed(1))
     assert torch.equal(a.gep.unknown_genes, b.gep.unknown_genes)
-    assert torch.equal(a.cell_prompt.known_genes, b.cell_prompt.known_genes)
     generator = torch.Generator().manual_seed(2)
     drawn = [batches(step, generator) for step in range(40)]
     assert {batch.unknown_fraction for batch in drawn} == set(UNKNOWN_FRACTIONS)
-    n_known = {int(batch.cell_prompt.known_is_real.sum()) for batch in drawn}
+    n_unknown = {int(batch.gep.unknown_is_real.sum()) for batch in drawn}
+    assert n_unknown == {8 * round(30 * f) for f in UNKNOWN_FRACTIONS}
+
+
+def test_cell_prompt_pass_has_its_own_split_or_upstreams_same_split():
+    tokens = tokens_of()
+
+    def batch(**options):
+        return pretraining_batch(tokens, torch.arange(8), torch.Generator().manual_seed(4), **options)
+
+    own, same, without = batch(), batch(cell_prompt_split="same"), batch(cell_prompt=False)
+    assert same.cell_prompt is same.gep and without.cell_prompt is None  # "same": upstream's choice
+    for other in (same, without):  # the GEP split does not depend on the cell-prompt pass
+        assert torch.equal(other.gep.unknown_genes, own.gep.unknown_genes)
+        assert torch.equal(other.gep.known_genes, own.gep.known_genes)
+    # "own" (default): a second split of the same cells keeps 0, 25% or 50% of the genes known
+    assert torch.equal(own.cell_prompt.known_is_real.sum(1) + own.cell_prompt.unknown_is_real.sum(1),
+                       tokens.is_real[:8].sum(1))
+    generator = torch.Generator().manual_seed(2)
+    drawn = [pretraining_batches(tokens, 8)(step, generator) for step in range(40)]
+    n_known = {int(b.cell_prompt.known_is_real.sum()) for b in drawn}
     assert n_known == {8 * (30 - round(30 * (1 - f))) for f in CELL_PROMPT_KNOWN_FRACTIONS}
+    with pytest.raises(ValueError, match="cell_prompt_split"):
+        batch(cell_prompt_split="other")
+    with pytest.raises(ValueError, match="cell_prompt_split"):
+        pretraining_batches(tokens, 8, cell_prompt_split="other")
 
 
 def test_masked_losses_count_only_unknown_positions():
@@ -470,6 +465,31 @@ def test_losses_are_finite_and_backpropagate():
     assert losses.cell_prompt > 0
     losses.total.backward()
     assert model.generate_flag.grad is not None and torch.isfinite(model.generate_flag.grad).all()
+
+
+@pytest.mark.parametrize("split", ["own", "same"])
+def test_cell_prompt_loss_sends_no_gradient_into_the_prompting_embedding(split):
+    """Upstream (examples/pretrain.py) feeds the GEP pass's cell embedding back *detached*: the
+    cell-prompt loss trains generation from an embedding, not the pass that made it."""
+    model = ScGPT(tiny_config(vocab_size=32)).double()
+    batch = pretraining_batch(tokens_of(), torch.arange(8), torch.Generator().manual_seed(0),
+                              cell_prompt_split=split)
+    embeddings = []  # the cell embedding of each forward pass, in call order
+    model.register_forward_hook(lambda module, args, out: embeddings.append(out.cell_embedding))
+    losses = scgpt_losses(model, batch)
+    gep_embedding, prompted = embeddings  # the GEP pass, then the cell-prompt pass
+    gep_embedding.retain_grad()
+    losses.cell_prompt.backward(retain_graph=True)
+    assert gep_embedding.grad is None  # nothing reached it
+    assert any(p.grad is not None and p.grad.abs().max() > 0 for p in model.parameters())
+    losses.gepc.backward()  # the control: a loss that does depend on it
+    assert gep_embedding.grad is not None and gep_embedding.grad.abs().max() > 0
+    # the cell-prompt pass: the batch's cell-prompt split with the (detached) embedding in <cls>
+    with torch.no_grad():
+        out = model(**batch.cell_prompt.model_inputs(), cell_prompt=gep_embedding.detach())
+    prompt = batch.cell_prompt
+    expected = masked_mse(out.value / 50, prompt.unknown_values / 50, prompt.unknown_is_real)
+    torch.testing.assert_close(losses.cell_prompt.detach(), expected, rtol=0, atol=1e-12)
 
 
 # ----------------------------------------------------------------------------
@@ -556,6 +576,83 @@ def test_generation_with_padding_and_cell_prompt():
         generate_values(model, gene_ids, values, is_unknown, steps=0)
 
 
+def test_sampling_is_seeded_and_leaves_the_mean_path_alone():
+    model = ScGPT(tiny_config())
+    gene_ids, values, is_unknown = generation_inputs()
+    mean = generate_values(model, gene_ids, values, is_unknown, steps=3)
+    generator = torch.Generator().manual_seed(0)
+    state = generator.get_state()
+    not_sampled = generate_values(model, gene_ids, values, is_unknown, steps=3, generator=generator)
+    assert torch.equal(generator.get_state(), state)  # sample=False draws nothing
+    for field in ("values", "confidence", "step"):
+        torch.testing.assert_close(getattr(not_sampled, field), getattr(mean, field), rtol=0, atol=0,
+                                   equal_nan=True)
+
+    def sampled(seed):
+        return generate_values(model, gene_ids, values, is_unknown, steps=3, sample=True,
+                               generator=torch.Generator().manual_seed(seed))
+
+    a, b, c = sampled(1), sampled(1), sampled(2)
+    assert torch.equal(a.values, b.values) and torch.equal(a.step, b.step)
+    assert (a.values[is_unknown] != c.values[is_unknown]).all()
+    assert (a.values[is_unknown] != mean.values[is_unknown]).all()
+    assert torch.equal(a.values[~is_unknown], values[~is_unknown])  # known genes keep their values
+    assert torch.equal(a.step == 0, mean.step == 0)  # the first step chooses by confidence, not by draw
+
+
+def test_one_shot_samples_follow_the_predicted_gaussians_independently():
+    model = float64_model()
+    gene_ids, values, is_unknown = generation_inputs(B=1)
+    known, unknown = ~is_unknown[0], is_unknown[0]
+    n = 4000  # the same cell n times
+    copies = [t.expand(n, -1).clone() for t in (gene_ids, values.double(), is_unknown)]
+    draws = generate_values(model, *copies, steps=1, sample=True,
+                            generator=torch.Generator().manual_seed(0)).values[:, unknown]  # (n, 7)
+    out = model(gene_ids[:, known], values[:, known].double(), gene_ids[:, unknown])
+    mean, var = out.value[0], out.log_var[0].exp()  # the heads' Gaussian of each unknown gene
+    assert ((draws.mean(dim=0) - mean) / (var / n).sqrt()).abs().max() < 4.5
+    assert ((draws.var(dim=0) / var - 1).abs() / math.sqrt(2 / (n - 1))).max() < 4.5
+    correlation = np.corrcoef(draws.T.numpy())
+    assert np.abs(correlation[~np.eye(7, dtype=bool)]).max() < 4.5 / math.sqrt(n)  # K = 1: independent
+
+
+def test_sampled_values_are_what_later_steps_see():
+    model = float64_model()
+    gene_ids, values, is_unknown = generation_inputs()
+    values = values.double()
+    two = generate_values(model, gene_ids, values, is_unknown, steps=2, sample=True,
+                          generator=torch.Generator().manual_seed(5))
+    first, second = two.step == 0, two.step == 1
+    # step 1 ran with the step-0 genes known at their drawn values: the same forward pass
+    # from those values gives exactly the confidences (and so variances) step 1 recorded
+    rerun = generate_values(model, gene_ids, torch.where(first, two.values, values), is_unknown & ~first)
+    torch.testing.assert_close(two.confidence[second], rerun.confidence[second], rtol=0, atol=1e-12)
+    # fed the means instead (the mean path), step 1 would have seen another context
+    mean_two = generate_values(model, gene_ids, values, is_unknown, steps=2)
+    assert torch.equal(mean_two.step == 0, first)
+    assert not torch.allclose(mean_two.confidence[second], two.confidence[second])
+
+
+def test_cell_prompt_inference_with_the_training_mask_or_upstreams_plain_encoder():
+    adata = synthetic_adata()
+    model, vocab = trained_free_model(adata)
+    prompts = torch.randn(2, 16, generator=torch.Generator().manual_seed(0))
+    gene_ids = torch.from_numpy(vocab.encode(vocab.genes)).expand(2, -1)
+    everything = torch.ones(2, 30, dtype=torch.bool)
+    by_mask = {generative: generate_values(model, gene_ids, torch.zeros(2, 30), everything, steps=2,
+                                           cell_prompt=prompts, generative_mask=generative).values.numpy()
+               for generative in (True, False)}
+    assert not np.allclose(by_mask[True], by_mask[False], atol=1e-3)  # the mask matters
+    default = model.generate_from_cell_prompt(prompts.numpy(), steps=2).X
+    np.testing.assert_allclose(default, by_mask[True], rtol=0, atol=1e-6)  # the training mask
+    plain = model.generate_from_cell_prompt(prompts.numpy(), steps=2, generative_mask=False).X
+    np.testing.assert_allclose(plain, by_mask[False], rtol=0, atol=1e-6)
+    draws = [model.generate_from_cell_prompt(prompts.numpy(), sample=True,
+                                             generator=torch.Generator().manual_seed(seed)).X
+             for seed in (3, 3, 4)]
+    assert np.array_equal(draws[0], draws[1]) and not np.allclose(draws[0], draws[2])
+
+
 def trained_free_model(adata):
     vocab = GeneVocab.from_adata(adata)
     return ScGPT(tiny_config(vocab_size=len(vocab)), vocab), vocab
@@ -585,6 +682,11 @@ def test_gene_prompt_generation_returns_anndata(steps):
     assert np.array_equal(generated.layers["generated"], unknown)
     assert set(np.unique(generated.layers["step"][unknown])) <= set(range(steps))
     assert np.isfinite(generated.X).all()
+    draws = [model.generate_from_gene_prompt(adata, unknown, steps=steps, sample=True,
+                                             generator=torch.Generator().manual_seed(seed)).X
+             for seed in (0, 0, 1)]
+    assert np.array_equal(draws[0], draws[1]) and np.array_equal(draws[0][~unknown], generated.X[~unknown])
+    assert not np.allclose(draws[0][unknown], draws[2][unknown])
     by_name = model.generate_from_gene_prompt(adata, ["G3", "G4"])
     assert by_name.layers["generated"].sum() == 2 * 20
     with pytest.raises(ValueError, match="unknown must be bool"):
@@ -637,3 +739,4 @@ def test_experiment_quick_smoke(tmp_path, repo):
     methods = set(results["gene_prompt_imputation_pearson"])
     assert methods >= {"scGPT K=1", "scGPT K=2", "gene mean (training cells)"}
     assert "| scGPT K=1 |" in proc.stdout and "own type is max" in proc.stdout
+    assert set(results["cell_prompt_generation"]) >= {"scGPT K=1", "scGPT K=1, plain encoder (upstream's inference)"}

@@ -1,6 +1,7 @@
 """scGPT on ``pbmc68k_reduced``: imputation, cell-prompt generation, cell embeddings.
 
     python -m genlab.experiments.scgpt_pbmc [--out figures] [--quick] [--seed 0]
+                                            [--cell-prompt-split own|same]
 
 What it does (``--quick`` or ``GENLAB_QUICK=1`` shrinks everything to seconds):
 
@@ -12,16 +13,20 @@ What it does (``--quick`` or ``GENLAB_QUICK=1`` shrinks everything to seconds):
    cells are selected; values are binned per cell (51 bins), and all numbers
    below are in bin units.
 2. A small ``ScGPT`` is pretrained on the CPU (GEP + GEPC + confidence +
-   cell-prompt losses) with ``genlab.train.train``.
+   cell-prompt losses) with ``genlab.train.train``.  The cell-prompt pass
+   uses a split of its own (``--cell-prompt-split own``, the default) or, as
+   upstream does, the GEP split (``same``); see ``pretraining_batch``.
 3. (a) Gene prompt: in every held-out cell a seeded random half of the genes
    is hidden and generated in K = 1, 2, 4, 8 steps; Pearson r per cell over
    the hidden genes, beside two baselines: each gene's training mean, and the
    mean of the k nearest training cells measured on the cell's known genes.
    (b) Cell prompt: the mean embedding of each cell type's training cells goes
-   into the <cls> slot and a whole profile is generated; it is correlated
-   with the mean held-out profile of every type.  Reference row: the
-   training cells' own mean profile of the type (what a perfect decoder of
-   the type's average could reach).
+   into the <cls> slot and a whole profile is generated in K steps; it is
+   correlated with the mean held-out profile of every type.  Beside it, K = 1
+   the way upstream's code does it, with a plain encoder (the generated genes
+   see each other), and the reference row: the training cells' own mean
+   profile of the type (what a perfect decoder of the type's average could
+   reach).
    (c) Cell embeddings of all cells: a UMAP coloured by ``bulk_labels``, and
    the accuracy of a 10-NN classifier from training to held-out cells on the
    embedding (beside the same on 32 PCA components of the binned values).
@@ -44,7 +49,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import anndata
@@ -53,6 +58,7 @@ import pandas as pd
 import torch
 
 from genlab.scgpt import (
+    CELL_PROMPT_SPLITS,
     EMBEDDING_KEY,
     CellTokens,
     GeneVocab,
@@ -70,6 +76,7 @@ from genlab.quick import QUICK_ENV, is_quick
 from genlab.train import History, TrainConfig, train
 
 LABEL_KEY = "bulk_labels"
+PLAIN_ENCODER_ROW = "scGPT K=1, plain encoder (upstream's inference)"  # cell prompt, generative_mask=False
 
 
 @dataclass
@@ -89,6 +96,7 @@ class Settings:
     validation_fraction: float = 0.1  # of the training cells
     hidden_fraction: float = 0.5  # genes hidden in each held-out cell
     knn_choices: tuple[int, ...] = (5, 10, 20, 40)  # k of the kNN baseline, chosen on validation
+    cell_prompt_split: str = "own"  # the cell-prompt pass's genes: "own" split or upstream's "same"
 
 
 # FULL was chosen on the validation cells only (train on fit cells, ``evaluate`` on
@@ -277,8 +285,9 @@ def fit(model: ScGPT, prepared: Prepared, settings: Settings, seed: int, device:
         losses = scgpt_losses(model, PretrainBatch(validation, None, 0.5))
         return {"val_gep_loss": float(losses.gep), "val_gepc_loss": float(losses.gepc)}
 
-    return train(model, pretraining_batches(tokens.subset(prepared.fit_cells), settings.batch_size),
-                 scgpt_loss, train_config(settings, seed, device), eval_fn=validation_losses,
+    batches = pretraining_batches(tokens.subset(prepared.fit_cells), settings.batch_size,
+                                  cell_prompt_split=settings.cell_prompt_split)
+    return train(model, batches, scgpt_loss, train_config(settings, seed, device), eval_fn=validation_losses,
                  progress=progress)
 
 
@@ -354,7 +363,8 @@ def cell_prompt_generation(model: ScGPT, prepared: Prepared, embeddings: np.ndar
                            reference_cells: np.ndarray, eval_cells: np.ndarray,
                            settings: Settings) -> CellPrompts:
     """(b) Cell prompt: each type's mean reference embedding in the <cls> slot, a whole profile
-    generated from it in K steps; reference row: the reference cells' own mean profile."""
+    generated from it in K steps; beside it K = 1 with a plain encoder (upstream's cell-prompt
+    inference), and the reference cells' own mean profile of the type."""
     binned, labels, genes = prepared.binned, prepared.labels, prepared.genes
     types = sorted(set(labels[eval_cells]))
 
@@ -367,6 +377,8 @@ def cell_prompt_generation(model: ScGPT, prepared: Prepared, embeddings: np.ndar
         generated[K] = model.generate_from_cell_prompt(prompts, genes, steps=K,
                                                        obs=pd.DataFrame(index=types)).X
         correlations[f"scGPT K={K}"] = correlation_matrix(generated[K], true_profiles)
+    plain = model.generate_from_cell_prompt(prompts, genes, steps=1, generative_mask=False).X
+    correlations[PLAIN_ENCODER_ROW] = correlation_matrix(plain, true_profiles)
     correlations["reference: training mean profile of the type"] = correlation_matrix(
         type_means(binned, reference_cells), true_profiles)
     return CellPrompts(types, prompts, true_profiles, generated, correlations)
@@ -404,9 +416,10 @@ def evaluate(model: ScGPT, prepared: Prepared, reference_cells: np.ndarray, eval
                                                          eval_cells, seed)}
 
 
-def run(out: Path, quick: bool = False, seed: int = 0, progress: bool = True) -> dict:
+def run(out: Path, quick: bool = False, seed: int = 0, progress: bool = True,
+        cell_prompt_split: str = "own") -> dict:
     started = time.perf_counter()
-    settings = QUICK if quick else FULL
+    settings = replace(QUICK if quick else FULL, cell_prompt_split=cell_prompt_split)
     prepared = prepare(settings, seed)
     model, history, train_seconds = train_model(prepared, settings, seed, progress)
     knn_k, knn_scores = choose_knn_k(prepared, settings, seed)
@@ -418,7 +431,8 @@ def run(out: Path, quick: bool = False, seed: int = 0, progress: bool = True) ->
     save_umap(prepared.data, umap_path, seed)
 
     results = {
-        "command": "python -m genlab.experiments.scgpt_pbmc" + (" --quick" if quick else ""),
+        "command": "python -m genlab.experiments.scgpt_pbmc" + (" --quick" if quick else "")
+                   + (f" --cell-prompt-split {cell_prompt_split}" if cell_prompt_split != "own" else ""),
         "quick": quick, "seed": seed, "settings": asdict(settings),
         "data": {"cells": int(prepared.data.n_obs), "cells_dropped_no_expressed_gene": prepared.n_dropped,
                  "genes": len(prepared.genes), "train_cells": int(prepared.fit_cells.size),
@@ -493,9 +507,13 @@ def main(argv=None) -> dict:
                         help=f"a seconds-long smoke run (also: {QUICK_ENV}=1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--cell-prompt-split", choices=CELL_PROMPT_SPLITS, default="own",
+                        help="genes of the cell-prompt training pass: a split of its own (default) "
+                             "or the GEP split, as upstream scGPT does")
     args = parser.parse_args(argv)
     quick = args.quick or is_quick()
-    return run(args.out, quick=quick, seed=args.seed, progress=not args.no_progress)
+    return run(args.out, quick=quick, seed=args.seed, progress=not args.no_progress,
+               cell_prompt_split=args.cell_prompt_split)
 
 
 if __name__ == "__main__":

@@ -50,7 +50,8 @@ class ValueEncoder(nn.Module):
     a table would have to learn it row by row; (2) generated values are real
     numbers (the GEP head's means) and iterative generation feeds them back as
     known values: the MLP takes them as they are, a table would need them
-    rounded.  The input is scaled to [0, 1] by ``value_scale = n_bins - 1``.
+    rounded.  The input is divided by ``ScGPTConfig.value_scale`` (n_bins - 1,
+    the largest bin, unless set), which puts bins in [0, 1].
     Linear(1, C) -> ReLU -> Linear(C, C) -> LayerNorm, like upstream's
     ``ContinuousValueEncoder``.
     """

@@ -50,7 +50,7 @@ class ScGPTLosses:
     gep: torch.Tensor  # masked MSE of the GEP head on unknown genes (values / value_scale)
     gepc: torch.Tensor  # the same for the GEPC/MVC head
     confidence: torch.Tensor  # Gaussian NLL of the confidence head (bins)
-    cell_prompt: torch.Tensor  # masked MSE of generation from the cell embedding in <cls>
+    cell_prompt: torch.Tensor  # masked MSE of generation from the (detached) cell embedding in <cls>
 
 
 def scgpt_losses(model: ScGPT, batch: PretrainBatch, confidence_weight: float = 0.1) -> ScGPTLosses:
@@ -60,8 +60,14 @@ def scgpt_losses(model: ScGPT, batch: PretrainBatch, confidence_weight: float = 
     they are fractions of the bin range squared).  The confidence NLL uses the
     detached GEP mean, so it trains the confidence head (and, weighted by
     ``confidence_weight``, the shared layers) without pulling the mean.
-    The cell-prompt pass (if the batch has one) runs the model again with the
-    GEP pass's cell embedding in the <cls> slot and adds its GEP MSE and NLL.
+    The cell-prompt pass (if the batch has one) runs the model again on
+    ``batch.cell_prompt`` (``pretraining_batch``: a split of its own, or the
+    GEP split) with the GEP pass's cell embedding in the <cls> slot and adds
+    its GEP MSE and NLL (the NLLs of the two passes averaged).  The embedding is **detached**, as
+    in upstream's ``examples/pretrain.py``: the cell-prompt loss trains the
+    model to generate *from* an embedding, through the second pass's weights,
+    and does not push the first pass to make embeddings easier to generate
+    from.  All terms have weight 1 except the NLL (``confidence_weight``).
     """
     batch = batch.to(model.generate_flag.device)
     scale = model.config.value_scale
@@ -78,7 +84,7 @@ def scgpt_losses(model: ScGPT, batch: PretrainBatch, confidence_weight: float = 
                       batch.gep.unknown_is_real)
     prompt_mse = torch.zeros((), device=gep.device)
     if batch.cell_prompt is not None:
-        _, prompt_mse, prompt_nll = pass_losses(batch.cell_prompt, out.cell_embedding)
+        _, prompt_mse, prompt_nll = pass_losses(batch.cell_prompt, out.cell_embedding.detach())
         nll = (nll + prompt_nll) / 2
     total = gep + gepc + prompt_mse + confidence_weight * nll
     return ScGPTLosses(total, gep, gepc, nll, prompt_mse)

@@ -8,6 +8,7 @@ under the known/unknown mask; ``embed``, ``generate_from_gene_prompt`` and
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Sequence
 
@@ -56,6 +57,10 @@ class ScGPTConfig:
     cls_id: int = GeneVocab.cls_id
     attention_backend: str = "torch"  # "scratch" (genlab's own, the (T, T) mask) or "torch" (fused SDPA, self slot)
     seed: int = 0  # parameter initialisation
+    # Values are divided by value_scale inside the model (and the heads multiply by it).
+    # None: the largest bin, n_bins - 1, filled in when the config is made.  Set it for
+    # values that are not bins (e.g. continuous log-expression: about the largest value).
+    value_scale: float | None = None
 
     def __post_init__(self):
         if self.vocab_size < 3:
@@ -64,11 +69,12 @@ class ScGPTConfig:
             raise ValueError(f"n_bins must be >= 2, got {self.n_bins}")
         if self.d_model % self.n_heads != 0:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
-
-    @property
-    def value_scale(self) -> float:
-        """The largest bin, n_bins - 1: values are divided by it inside the model."""
-        return float(self.n_bins - 1)
+        if self.value_scale is None:
+            self.value_scale = float(self.n_bins - 1)
+        if not (isinstance(self.value_scale, (int, float)) and math.isfinite(self.value_scale)
+                and self.value_scale > 0):
+            raise ValueError(f"value_scale must be a finite number > 0, got {self.value_scale!r}")
+        self.value_scale = float(self.value_scale)
 
 
 @dataclass
@@ -160,18 +166,23 @@ class ScGPT(nn.Module):
             hidden=hidden,
         )
 
-    def attention_mask(self, known_is_real: torch.Tensor, unknown_is_real: torch.Tensor) -> torch.Tensor:
-        """Bool (B, 1, T, T), T = 1+P+G, True = may attend.
+    def attention_mask(self, known_is_real: torch.Tensor, unknown_is_real: torch.Tensor,
+                       generative_mask: bool = True) -> torch.Tensor:
+        """Bool, True = may attend: (B, 1, T, T), T = 1+P+G; (B, 1, 1, T) without the generative mask.
 
         ``known_unknown_mask(1 + P, G)`` (``<cls>`` counts as known) AND a
         padding mask that hides padded keys from every query.  Every query may
-        still see ``<cls>``, so no row is fully masked.
+        still see ``<cls>``, so no row is fully masked.  ``generative_mask=False``:
+        the padding mask alone, a plain encoder in which every token sees every
+        real token, unknown genes included (upstream's cell-prompt inference).
         """
         B, P = known_is_real.shape
         G = unknown_is_real.size(1)
-        structure = known_unknown_mask(1 + P, G, device=known_is_real.device)  # (T, T)
         cls_is_real = torch.ones(B, 1, dtype=torch.bool, device=known_is_real.device)
         is_real = torch.cat([cls_is_real, known_is_real, unknown_is_real], dim=1)  # (B, T)
+        if not generative_mask:
+            return padding_mask(is_real)  # (B, 1, 1, T)
+        structure = known_unknown_mask(1 + P, G, device=known_is_real.device)  # (T, T)
         return combine_masks(structure, padding_mask(is_real))  # (B, 1, T, T)
 
     # -- forward
@@ -179,20 +190,25 @@ class ScGPT(nn.Module):
     def forward(self, known_genes: torch.Tensor, known_values: torch.Tensor,
                 unknown_genes: torch.Tensor, known_is_real: torch.Tensor | None = None,
                 unknown_is_real: torch.Tensor | None = None,
-                cell_prompt: torch.Tensor | None = None) -> ScGPTOutput:
+                cell_prompt: torch.Tensor | None = None,
+                generative_mask: bool = True) -> ScGPTOutput:
         """One attention call per layer on the single sequence [<cls>, known; unknown].
 
         known_genes (B, P) ids, known_values (B, P) bins, unknown_genes (B, G)
         ids; ``*_is_real`` (B, P) / (B, G) bool, False at padding (None: no
         padding); ``cell_prompt`` (B, C) replaces the <cls> input.  P or G may
-        be 0.
+        be 0.  ``generative_mask=False`` runs a plain encoder instead (padding
+        mask only: unknown genes see each other, known genes see them), as
+        upstream's ``TransformerModel.generate`` does for a cell prompt.
         """
         known_is_real = _all_real(known_is_real, known_genes)
         unknown_is_real = _all_real(unknown_is_real, unknown_genes)
         cls, known, unknown = self.embed_tokens(known_genes, known_values, unknown_genes, cell_prompt)
         P = known.size(1)
         x = torch.cat([cls, known, unknown], dim=1)  # (B, 1+P+G, C)
-        if self.config.attention_backend == "scratch":  # the mask itself, written out
+        if not generative_mask:  # plain encoder: padding only, any backend
+            mask, n_known = self.attention_mask(known_is_real, unknown_is_real, False), None  # (B, 1, 1, T)
+        elif self.config.attention_backend == "scratch":  # the mask itself, written out
             mask, n_known = self.attention_mask(known_is_real, unknown_is_real), None  # (B, 1, T, T)
         else:  # the same attention with 1+P+1 keys, fused (``known_unknown_attention``)
             mask, n_known = self_slot_mask(known_is_real, unknown_is_real), 1 + P  # (..., T, 2+P)
@@ -251,33 +267,44 @@ class ScGPT(nn.Module):
 
     @torch.no_grad()
     def generate_from_gene_prompt(self, adata: anndata.AnnData, unknown, steps: int = 1,
-                                  batch_size: int = 64) -> anndata.AnnData:
+                                  batch_size: int = 64, sample: bool = False,
+                                  generator: torch.Generator | None = None) -> anndata.AnnData:
         """Gene prompt: generate the ``unknown`` genes of each cell from its other (known) genes.
 
         ``unknown``: bool (cells, genes) array, True = generate; or a list of
         gene names generated in every cell.  Known genes keep their bins;
         binning uses each cell's full ``adata`` row as in training (to impute
         genes whose values you do not have, set them to 0).  ``steps`` = K of
-        iterative generation (1 = one shot).  Returns an AnnData with ``adata``'s
-        obs and var: X = bins (known genes) and generated values, layers
-        ``generated`` (bool), ``confidence`` (NaN for known genes) and
+        iterative generation (1 = one shot).  ``sample``: draw each generated
+        value from the predicted Gaussian (``generate_values``), from
+        ``generator``, instead of taking the mean.  Returns an AnnData with
+        ``adata``'s obs and var: X = bins (known genes) and generated values,
+        layers ``generated`` (bool), ``confidence`` (NaN for known genes) and
         ``step`` (the step that generated the gene, -1 for known genes).
         """
         unknown = self._unknown_matrix(adata, unknown)
         tokens = tokenize_adata(adata, self._require_vocab(), self.config.n_bins)
-        generation = self._generate_in_batches(tokens.gene_ids, tokens.values,
-                                               torch.from_numpy(unknown), steps, None, batch_size)
+        generation = self._generate_in_batches(tokens.gene_ids, tokens.values, torch.from_numpy(unknown),
+                                               batch_size, steps=steps, sample=sample, generator=generator)
         return _generation_adata(generation, unknown, adata.obs.copy(), adata.var.copy())
 
     @torch.no_grad()
     def generate_from_cell_prompt(self, cell_embeddings, genes: Sequence[str] | None = None,
                                   steps: int = 1, obs: pd.DataFrame | None = None,
-                                  batch_size: int = 64) -> anndata.AnnData:
+                                  batch_size: int = 64, generative_mask: bool = True,
+                                  sample: bool = False,
+                                  generator: torch.Generator | None = None) -> anndata.AnnData:
         """Cell prompt: a whole profile from each cell embedding placed in the <cls> slot.
 
         ``cell_embeddings`` (n, d_model), e.g. the mean ``X_scgpt`` of one cell
         type; ``genes`` to generate (default: every gene of the vocabulary);
-        ``steps`` = K.  Returns an AnnData (n, genes) with layers as in
+        ``steps`` = K.  The model runs under the known/unknown mask it was
+        trained with; ``generative_mask=False`` runs it as a plain encoder
+        instead (the genes being generated see each other), as upstream's
+        ``TransformerModel.generate`` does, which a model trained with the mask
+        has never seen (``genlab.experiments.scgpt_pbmc`` measures both).
+        ``sample``, ``generator``: as in ``generate_from_gene_prompt``.
+        Returns an AnnData (n, genes) with layers as in
         ``generate_from_gene_prompt``.
         """
         vocab = self._require_vocab()
@@ -289,20 +316,23 @@ class ScGPT(nn.Module):
         n = prompts.size(0)
         gene_ids = torch.from_numpy(vocab.encode(genes)).expand(n, -1)  # (n, G)
         unknown = torch.ones(n, len(genes), dtype=torch.bool)
-        generation = self._generate_in_batches(gene_ids, torch.zeros(n, len(genes)), unknown,
-                                               steps, prompts, batch_size)
+        generation = self._generate_in_batches(gene_ids, torch.zeros(n, len(genes)), unknown, batch_size,
+                                               cell_prompts=prompts, steps=steps, sample=sample,
+                                               generator=generator, generative_mask=generative_mask)
         if obs is None:
             obs = pd.DataFrame(index=[f"generated_{i}" for i in range(n)])
         return _generation_adata(generation, unknown.numpy(), obs, pd.DataFrame(index=genes))
 
-    def _generate_in_batches(self, gene_ids, values, is_unknown, steps, cell_prompts, batch_size):
+    def _generate_in_batches(self, gene_ids, values, is_unknown, batch_size, cell_prompts=None,
+                             **generate_options) -> Generation:
+        """``generate_values`` on ``batch_size`` cells at a time (on the model's device), concatenated."""
         device = self._device()
         parts = []
         for start in range(0, gene_ids.size(0), batch_size):
             rows = slice(start, start + batch_size)
             prompt = None if cell_prompts is None else cell_prompts[rows].to(device)
             part = generate_values(self, gene_ids[rows].to(device), values[rows].to(device),
-                                   is_unknown[rows].to(device), steps=steps, cell_prompt=prompt)
+                                   is_unknown[rows].to(device), cell_prompt=prompt, **generate_options)
             parts.append(part)
         return Generation(*(torch.cat([getattr(p, f.name).cpu() for p in parts])
                             for f in fields(Generation)))

@@ -2,8 +2,9 @@
 
 ``split_known_unknown`` makes a fraction of each cell's genes unknown (their
 values become targets); ``pretraining_batch`` draws that fraction per batch
-from ``UNKNOWN_FRACTIONS`` and adds a cell-prompt split of the same cells;
-``pretraining_batches`` feeds ``genlab.train.train``.  Part of ``genlab.scgpt``.
+from ``UNKNOWN_FRACTIONS`` and chooses the genes of the cell-prompt pass (a
+split of its own, or upstream's: the same split); ``pretraining_batches``
+feeds ``genlab.train.train``.  Part of ``genlab.scgpt``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from genlab.scgpt.tokens import CellTokens, GeneVocab
 __all__ = [
     "UNKNOWN_FRACTIONS",
     "CELL_PROMPT_KNOWN_FRACTIONS",
+    "CELL_PROMPT_SPLITS",
     "MaskedCells",
     "PretrainBatch",
     "split_known_unknown",
@@ -27,7 +29,8 @@ __all__ = [
 ]
 
 UNKNOWN_FRACTIONS = (0.25, 0.5, 0.75)  # pretraining: share of a cell's genes to generate
-CELL_PROMPT_KNOWN_FRACTIONS = (0.0, 0.25, 0.5)  # cell-prompt pretraining: share kept known
+CELL_PROMPT_KNOWN_FRACTIONS = (0.0, 0.25, 0.5)  # cell-prompt pass with its own split: share kept known
+CELL_PROMPT_SPLITS = ("own", "same")  # the cell-prompt pass's genes: a split of its own, or the GEP split
 
 
 @dataclass
@@ -86,7 +89,10 @@ def split_known_unknown(gene_ids: torch.Tensor, values: torch.Tensor, is_real: t
 
 @dataclass
 class PretrainBatch:
-    """One pretraining batch: a GEP split, and optionally a cell-prompt split of the same cells."""
+    """One pretraining batch: a GEP split, and the split of the same cells for the cell-prompt pass.
+
+    ``cell_prompt`` None: no cell-prompt pass.  It may be ``gep`` itself (upstream's choice).
+    """
 
     gep: MaskedCells
     cell_prompt: MaskedCells | None
@@ -102,38 +108,55 @@ def _draw(choices: Sequence[float], generator: torch.Generator | None) -> float:
 
 
 def pretraining_batch(tokens: CellTokens, cells, generator: torch.Generator | None = None,
-                      cell_prompt: bool = True) -> PretrainBatch:
+                      cell_prompt: bool = True, cell_prompt_split: str = "own") -> PretrainBatch:
     """A pretraining batch of the given cells (index tensor), all random choices from ``generator``.
 
     The unknown fraction is drawn per batch from ``UNKNOWN_FRACTIONS``
-    {0.25, 0.5, 0.75}.  With ``cell_prompt``, a second split of the same cells
-    keeps a fraction drawn from ``CELL_PROMPT_KNOWN_FRACTIONS`` {0, 0.25, 0.5}
-    known: ``scgpt_losses`` puts the cell embedding from the GEP pass in the
-    <cls> slot and trains generation from it (what cell-prompt generation does,
-    with 0 known genes at its first step and more at later steps).
+    {0.25, 0.5, 0.75}.  With ``cell_prompt``, ``scgpt_losses`` runs the cells
+    again with the GEP pass's cell embedding (detached) in the <cls> slot, on
+    the genes ``cell_prompt_split`` chooses:
+
+    - ``"own"``: a second split of the same cells that keeps a fraction drawn
+      from ``CELL_PROMPT_KNOWN_FRACTIONS`` {0, 0.25, 0.5} known, so the model
+      also learns to generate from the embedding alone, as cell-prompt
+      generation asks of it (0 known genes at its first step);
+    - ``"same"``: the GEP split itself (``batch.cell_prompt is batch.gep``), as
+      upstream's ``examples/pretrain.py`` does.  Its known genes (25-75% of the
+      cell) predict the rest without the embedding, and on pbmc68k_reduced a
+      model trained this way generates almost nothing type-specific from a
+      prompt alone (``scgpt_pbmc --cell-prompt-split same``).
+
+    The GEP split is the same either way (drawn first).
     """
+    if cell_prompt_split not in CELL_PROMPT_SPLITS:
+        raise ValueError(f"cell_prompt_split must be one of {CELL_PROMPT_SPLITS}, got {cell_prompt_split!r}")
     cells = torch.as_tensor(cells, dtype=torch.long)
     gene_ids, values, is_real = tokens.gene_ids[cells], tokens.values[cells], tokens.is_real[cells]
     fraction = _draw(UNKNOWN_FRACTIONS, generator)
     gep = split_known_unknown(gene_ids, values, is_real, fraction, generator)
     prompt = None
-    if cell_prompt:
+    if cell_prompt and cell_prompt_split == "same":
+        prompt = gep
+    elif cell_prompt:
         known_fraction = _draw(CELL_PROMPT_KNOWN_FRACTIONS, generator)
         prompt = split_known_unknown(gene_ids, values, is_real, 1.0 - known_fraction, generator)
     return PretrainBatch(gep, prompt, fraction)
 
 
-def pretraining_batches(tokens: CellTokens, batch_size: int,
-                        cell_prompt: bool = True) -> Callable[[int, torch.Generator], PretrainBatch]:
+def pretraining_batches(tokens: CellTokens, batch_size: int, cell_prompt: bool = True,
+                        cell_prompt_split: str = "own") -> Callable[[int, torch.Generator], PretrainBatch]:
     """``batches(step, generator) -> PretrainBatch`` for ``genlab.train.train``.
 
-    Each batch is ``batch_size`` distinct cells drawn from ``generator``.
+    Each batch is ``batch_size`` distinct cells drawn from ``generator``;
+    ``cell_prompt``, ``cell_prompt_split``: as in ``pretraining_batch``.
     """
     if not 1 <= batch_size <= len(tokens):
         raise ValueError(f"batch_size must be in 1..{len(tokens)} (the number of cells), got {batch_size}")
+    if cell_prompt_split not in CELL_PROMPT_SPLITS:
+        raise ValueError(f"cell_prompt_split must be one of {CELL_PROMPT_SPLITS}, got {cell_prompt_split!r}")
 
     def batches(step: int, generator: torch.Generator | None = None) -> PretrainBatch:
         cells = torch.randperm(len(tokens), generator=generator)[:batch_size]
-        return pretraining_batch(tokens, cells, generator, cell_prompt)
+        return pretraining_batch(tokens, cells, generator, cell_prompt, cell_prompt_split)
 
     return batches
