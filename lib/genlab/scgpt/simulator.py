@@ -71,9 +71,9 @@ numbers, so nothing in the model needs bins.  ``tokenize_adata`` always bins;
 ``continuous_cell_tokens`` builds the same ``CellTokens`` with the raw values
 instead (no zeros, no binning) for ``pretraining_batches`` and
 ``generate_values``.  The model divides values by ``ScGPTConfig.value_scale``
-(``n_bins - 1``), so give it ``n_bins = tokens.n_bins``, which
-``continuous_cell_tokens`` sets so that the largest value is at most
-``n_bins - 1``.  ``ScGPT.generate_from_gene_prompt`` and ``embed`` call
+(``n_bins - 1`` unless set), so either set ``value_scale`` to the values' scale
+or give it ``n_bins = tokens.n_bins``, which ``continuous_cell_tokens`` sets so
+that the largest value is at most ``n_bins - 1``.  ``ScGPT.generate_from_gene_prompt`` and ``embed`` call
 ``tokenize_adata`` and so bin: do not use them on simulated cells.
 
 Values are Gaussian, so not positive with certainty.  With the defaults
