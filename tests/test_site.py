@@ -144,7 +144,7 @@ class DevTools:
                 return message["result"]
             self.events.append(message)
 
-    def wait_for(self, event: str, timeout: float = 60.0) -> None:
+    def wait_for(self, event: str, timeout: float = 300.0) -> None:  # hang guard
         deadline = time.monotonic() + timeout
         while not any(e.get("method") == event for e in self.events):
             if time.monotonic() > deadline:
@@ -170,7 +170,7 @@ def browser(tmp_path_factory):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         port_file = profile / "DevToolsActivePort"
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 300  # hang guard: Chromium starts in seconds
         while not (port_file.exists() and port_file.read_text().strip()):
             if process.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"Chromium did not start (exit code {process.poll()})")

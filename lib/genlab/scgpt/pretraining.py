@@ -107,6 +107,11 @@ def _draw(choices: Sequence[float], generator: torch.Generator | None) -> float:
     return choices[int(torch.randint(len(choices), (1,), generator=generator))]
 
 
+def _check_cell_prompt_split(cell_prompt_split: str) -> None:
+    if cell_prompt_split not in CELL_PROMPT_SPLITS:
+        raise ValueError(f"cell_prompt_split must be one of {CELL_PROMPT_SPLITS}, got {cell_prompt_split!r}")
+
+
 def pretraining_batch(tokens: CellTokens, cells, generator: torch.Generator | None = None,
                       cell_prompt: bool = True, cell_prompt_split: str = "own") -> PretrainBatch:
     """A pretraining batch of the given cells (index tensor), all random choices from ``generator``.
@@ -128,8 +133,7 @@ def pretraining_batch(tokens: CellTokens, cells, generator: torch.Generator | No
 
     The GEP split is the same either way (drawn first).
     """
-    if cell_prompt_split not in CELL_PROMPT_SPLITS:
-        raise ValueError(f"cell_prompt_split must be one of {CELL_PROMPT_SPLITS}, got {cell_prompt_split!r}")
+    _check_cell_prompt_split(cell_prompt_split)
     cells = torch.as_tensor(cells, dtype=torch.long)
     gene_ids, values, is_real = tokens.gene_ids[cells], tokens.values[cells], tokens.is_real[cells]
     fraction = _draw(UNKNOWN_FRACTIONS, generator)
@@ -152,8 +156,7 @@ def pretraining_batches(tokens: CellTokens, batch_size: int, cell_prompt: bool =
     """
     if not 1 <= batch_size <= len(tokens):
         raise ValueError(f"batch_size must be in 1..{len(tokens)} (the number of cells), got {batch_size}")
-    if cell_prompt_split not in CELL_PROMPT_SPLITS:
-        raise ValueError(f"cell_prompt_split must be one of {CELL_PROMPT_SPLITS}, got {cell_prompt_split!r}")
+    _check_cell_prompt_split(cell_prompt_split)
 
     def batches(step: int, generator: torch.Generator | None = None) -> PretrainBatch:
         cells = torch.randperm(len(tokens), generator=generator)[:batch_size]
