@@ -107,17 +107,24 @@ def _draw(choices: Sequence[float], generator: torch.Generator | None) -> float:
     return choices[int(torch.randint(len(choices), (1,), generator=generator))]
 
 
+def _check_unknown_fractions(unknown_fractions: Sequence[float]) -> None:
+    if len(unknown_fractions) == 0 or not all(0.0 < f < 1.0 for f in unknown_fractions):
+        raise ValueError(f"unknown_fractions must be fractions strictly between 0 and 1, got {unknown_fractions!r}")
+
+
 def _check_cell_prompt_split(cell_prompt_split: str) -> None:
     if cell_prompt_split not in CELL_PROMPT_SPLITS:
         raise ValueError(f"cell_prompt_split must be one of {CELL_PROMPT_SPLITS}, got {cell_prompt_split!r}")
 
 
 def pretraining_batch(tokens: CellTokens, cells, generator: torch.Generator | None = None,
-                      cell_prompt: bool = True, cell_prompt_split: str = "own") -> PretrainBatch:
+                      cell_prompt: bool = True, cell_prompt_split: str = "own",
+                      unknown_fractions: Sequence[float] = UNKNOWN_FRACTIONS) -> PretrainBatch:
     """A pretraining batch of the given cells (index tensor), all random choices from ``generator``.
 
-    The unknown fraction is drawn per batch from ``UNKNOWN_FRACTIONS``
-    {0.25, 0.5, 0.75}.  With ``cell_prompt``, ``scgpt_losses`` runs the cells
+    The unknown fraction is drawn per batch from ``unknown_fractions``
+    (upstream's ``UNKNOWN_FRACTIONS`` {0.25, 0.5, 0.75} by default; the
+    simulator experiment widens it to the known-gene counts it evaluates).  With ``cell_prompt``, ``scgpt_losses`` runs the cells
     again with the GEP pass's cell embedding (detached) in the <cls> slot, on
     the genes ``cell_prompt_split`` chooses:
 
@@ -134,9 +141,10 @@ def pretraining_batch(tokens: CellTokens, cells, generator: torch.Generator | No
     The GEP split is the same either way (drawn first).
     """
     _check_cell_prompt_split(cell_prompt_split)
+    _check_unknown_fractions(unknown_fractions)
     cells = torch.as_tensor(cells, dtype=torch.long)
     gene_ids, values, is_real = tokens.gene_ids[cells], tokens.values[cells], tokens.is_real[cells]
-    fraction = _draw(UNKNOWN_FRACTIONS, generator)
+    fraction = _draw(unknown_fractions, generator)
     gep = split_known_unknown(gene_ids, values, is_real, fraction, generator)
     prompt = None
     if cell_prompt and cell_prompt_split == "same":
@@ -148,18 +156,21 @@ def pretraining_batch(tokens: CellTokens, cells, generator: torch.Generator | No
 
 
 def pretraining_batches(tokens: CellTokens, batch_size: int, cell_prompt: bool = True,
-                        cell_prompt_split: str = "own") -> Callable[[int, torch.Generator], PretrainBatch]:
+                        cell_prompt_split: str = "own", unknown_fractions: Sequence[float] = UNKNOWN_FRACTIONS,
+                        ) -> Callable[[int, torch.Generator], PretrainBatch]:
     """``batches(step, generator) -> PretrainBatch`` for ``genlab.train.train``.
 
     Each batch is ``batch_size`` distinct cells drawn from ``generator``;
-    ``cell_prompt``, ``cell_prompt_split``: as in ``pretraining_batch``.
+    ``cell_prompt``, ``cell_prompt_split``, ``unknown_fractions``: as in ``pretraining_batch``.
     """
     if not 1 <= batch_size <= len(tokens):
         raise ValueError(f"batch_size must be in 1..{len(tokens)} (the number of cells), got {batch_size}")
     _check_cell_prompt_split(cell_prompt_split)
+    _check_unknown_fractions(unknown_fractions)
+    unknown_fractions = tuple(unknown_fractions)
 
     def batches(step: int, generator: torch.Generator | None = None) -> PretrainBatch:
         cells = torch.randperm(len(tokens), generator=generator)[:batch_size]
-        return pretraining_batch(tokens, cells, generator, cell_prompt, cell_prompt_split)
+        return pretraining_batch(tokens, cells, generator, cell_prompt, cell_prompt_split, unknown_fractions)
 
     return batches
