@@ -136,6 +136,7 @@ SPEC_MODULES = {
     "03_gpt": "autograder.specs.a03_gpt",
     "04_scgpt": "autograder.specs.a04_scgpt",
     "05_graphs_quantum": "autograder.specs.a05_graphs_quantum",
+    "06_tokenizer": "autograder.specs.a06_tokenizer",
 }
 
 

@@ -4,8 +4,9 @@ real CLI; each submission must get exactly the points it earned.
 
 In one solved notebook (``attacked``):
 
-* ``thread``: the graded function also runs genlab's reference, on its own arguments, in a
-  worker thread (the name assembled from pieces, so only the run-time tracer can see it);
+* ``thread``: the graded function also runs genlab's reference, on its own arguments (by
+  position where the names differ), in a worker thread (the name assembled from pieces, so
+  only the run-time tracer can see it);
 * ``frame``: another graded function reaches for its caller's frame (``sys._getframe``);
 * assignment 3: ``aten``, torch's fused attention through ``torch.ops.aten`` (its name
   assembled from pieces) in ``CausalSelfAttention``.
@@ -36,7 +37,8 @@ from conftest import REPO, run_cli
 TARGETS = {"02_bert": ("mask_tokens", "genlab.encoder.mask_tokens", "fill_masks"),
            "03_gpt": ("lm_loss", "genlab.decoder.lm_loss", "next_token_logprobs"),
            "04_scgpt": ("scgpt_mask", "genlab.masks.known_unknown_mask", "generation_step"),
-           "05_graphs_quantum": ("pyramid_size", "genlab.quantum.pyramid_gates", "block_flops")}
+           "05_graphs_quantum": ("pyramid_size", "genlab.quantum.pyramid_gates", "block_flops"),
+           "06_tokenizer": ("train_merges_on_arrays", "genlab.tokenizers.learn_merges", "decode_on_arrays")}
 
 THREAD = """
 import importlib as _il, concurrent.futures as _cf
@@ -44,8 +46,14 @@ _own_{f} = {f}
 def {f}(*args, **kwargs):
     def forbidden():
         module, _, name = ({r0!r} + {r1!r}).rpartition(".")
+        reference = getattr(_il.import_module(module), name)
         try:
-            getattr(_il.import_module(module), name)(*args, **kwargs)
+            reference(*args, **kwargs)
+        except TypeError:  # other parameter names (assignment 6's arrays): the same values in a row
+            try:
+                reference(*args, *kwargs.values())
+            except Exception:
+                pass
         except Exception:
             pass
     with _cf.ThreadPoolExecutor(1) as pool:

@@ -329,3 +329,158 @@ def test_one_cause_one_story_in_every_generate_check():
     assert set(verdicts) == {"generate", "generate.cache", "generate.hidden"}
     for name, problem in verdicts.items():
         assert problem and "fed only the prompt's last token" in problem, (name, problem)
+
+
+# ---- assignment 6: a plain BPE as a student writes it, with the slips passed in
+
+
+def _tokenizer_pieces(text, special_tokens, longest_first=True):
+    import regex
+
+    if not special_tokens:
+        return [(text, False)]
+    ordered = sorted(special_tokens, key=len, reverse=True) if longest_first else list(special_tokens)
+    parts = regex.split("(" + "|".join(map(regex.escape, ordered)) + ")", text)
+    return [(p, k % 2 == 1) for k, p in enumerate(parts) if p]
+
+
+def _pretokens(piece, pretokenize=True):
+    from genlab.tokenizers import GPT2_PATTERN
+    import regex
+
+    return regex.findall(GPT2_PATTERN, piece) if pretokenize else [piece]
+
+
+def _join_left_to_right(tokens, pair):
+    out, skip = [], False
+    for left, right in zip(tokens, tokens[1:] + [None]):
+        if skip:
+            skip = False
+        elif (left, right) == pair:
+            out.append(left + right)
+            skip = True
+        else:
+            out.append(left)
+    return out
+
+
+def student_train(text, n_merges, special_tokens, tie="greatest", pretokenize=True, cut_specials=True,
+                  weighted=True, extra=0):
+    from collections import Counter
+
+    pieces = _tokenizer_pieces(text, special_tokens if cut_specials else [])
+    counts = Counter(p for piece, special in pieces if not special for p in _pretokens(piece, pretokenize))
+    words = {w: [bytes([b]) for b in w.encode()] for w in counts}
+    merges = []
+    for _ in range(n_merges + extra):
+        pairs = {}
+        for w, tokens in words.items():
+            for pair in zip(tokens, tokens[1:]):
+                pairs[pair] = pairs.get(pair, 0) + (counts[w] if weighted else 1)
+        if not pairs:
+            break
+        top = max(pairs.values())
+        tied = [p for p, n in pairs.items() if n == top]
+        best = {"greatest": max(tied), "first_seen": tied[0], "smallest": min(tied),
+                "greatest_second": max(tied, key=lambda p: (p[1], p[0]))}[tie]
+        merges.append(best)
+        words = {w: _join_left_to_right(t, best) for w, t in words.items()}
+    return merges
+
+
+def student_encode(text, vocab, merges, special_tokens, order="rank", longest_first=True, cut_specials=True,
+                   pretokenize=True):
+    ids = {t: i for i, t in vocab.items()}
+    rank = {p: r for r, p in enumerate(merges)}
+    known = set(vocab.values())
+    out = []
+    for piece, special in _tokenizer_pieces(text, special_tokens if cut_specials else [], longest_first):
+        if special:
+            out.append(ids[piece.encode()])
+            continue
+        for pre in _pretokens(piece, pretokenize):
+            tokens = [bytes([b]) for b in pre.encode()]
+            if order == "longest":
+                data, tokens, i = pre.encode(), [], 0
+                while i < len(data):
+                    n = max(n for n in range(1, len(data) - i + 1) if n == 1 or data[i:i + n] in known)
+                    tokens.append(data[i:i + n])
+                    i += n
+            while order != "longest":
+                candidates = [p for p in zip(tokens, tokens[1:]) if p in rank]
+                if not candidates:
+                    break
+                pick = min(candidates, key=rank.get) if order == "rank" else candidates[0]
+                tokens = _join_left_to_right(tokens, pick)
+            out.extend(ids[t] for t in tokens)
+    return out
+
+
+def student_decode(ids, vocab, per_token=False, errors="replace"):
+    if per_token:
+        return "".join(vocab[i].decode("utf-8", errors=errors) for i in ids)
+    return b"".join(vocab[i] for i in ids).decode("utf-8", errors=errors)
+
+
+def _graded(function, **slips):
+    from functools import partial
+
+    from genlab.properties import tokenizer
+
+    call = {"train_merges_on_arrays": (tokenizer.call_train_merges, student_train),
+            "encode_on_arrays": (tokenizer.call_encode, student_encode),
+            "decode_on_arrays": (tokenizer.call_decode, student_decode)}[function]
+    return lambda **arrays: call[0](partial(call[1], **slips), **arrays)
+
+
+# (function, slips, the spec's bug it is) for every named bug of assignment 6
+TOKENIZER_SLIPS = [
+    ("train_merges_on_arrays", {"tie": "first_seen"}, "tie_first_seen"),
+    ("train_merges_on_arrays", {"tie": "smallest"}, "tie_smallest"),
+    ("train_merges_on_arrays", {"pretokenize": False}, "across_pretokens"),
+    ("train_merges_on_arrays", {"cut_specials": False}, "special_tokens_merged"),
+    ("train_merges_on_arrays", {"weighted": False}, "unweighted"),
+    ("encode_on_arrays", {"order": "leftmost"}, "leftmost_first"),
+    ("encode_on_arrays", {"order": "longest"}, "longest_match"),
+    ("encode_on_arrays", {"cut_specials": False}, "specials_not_split"),
+    ("encode_on_arrays", {"longest_first": False}, "specials_in_given_order"),
+    ("encode_on_arrays", {"pretokenize": False}, "across_pretokens"),
+    ("decode_on_arrays", {"per_token": True}, "per_token"),
+    ("decode_on_arrays", {"errors": "ignore"}, "ignore"),
+]
+
+
+def test_the_plain_student_tokenizer_passes_every_check():
+    """The student-style BPE below, without slips, passes every public and hidden check: the
+    slips that follow are the only difference."""
+    checks = AssignmentChecks("06_tokenizer")
+    for function in ("train_merges_on_arrays", "encode_on_arrays", "decode_on_arrays"):
+        verdicts = checks._run(function, _graded(function), True) + checks._run(function, _graded(function), False)
+        assert verdicts and all(problem is None for _, problem in verdicts), verdicts
+
+
+@pytest.mark.parametrize("function, slips, bug", TOKENIZER_SLIPS, ids=[f"{f}-{b}" for f, _, b in TOKENIZER_SLIPS])
+def test_each_tokenizer_slip_gets_its_own_message(function, slips, bug):
+    """Each slip fails a public check with its own message, and no check tells another bug's story."""
+    from autograder.specs.a06_tokenizer import DECODE_BUGS, ENCODE_BUGS, TRAIN_BUGS
+
+    bugs = {"train_merges_on_arrays": TRAIN_BUGS, "encode_on_arrays": ENCODE_BUGS,
+            "decode_on_arrays": DECODE_BUGS}[function]
+    problems = public_problems("06_tokenizer", function, _graded(function, **slips))
+    assert problems, f"{bug} passes every public check"
+    text = "\n".join(problems.values())
+    assert bugs[bug][1] in text, text
+    for other, (_, message) in bugs.items():
+        assert other == bug or message not in text, (other, text)
+
+
+def test_a_tokenizer_mismatch_without_a_name_is_explained():
+    """Slips that no named bug covers get a message in the words of BPE: the number of merges,
+    a tie broken some other way, the decode error."""
+    stops_late = public_problems("06_tokenizer", "train_merges_on_arrays", _graded("train_merges_on_arrays", extra=1))
+    assert "merges, expected" in "\n".join(stops_late.values()), stops_late
+    other_tie = public_problems("06_tokenizer", "train_merges_on_arrays",
+                                _graded("train_merges_on_arrays", tie="greatest_second"))
+    assert "a tie, which the lexicographically greatest pair wins" in "\n".join(other_tie.values()), other_tie
+    strict = public_problems("06_tokenizer", "decode_on_arrays", _graded("decode_on_arrays", errors="strict"))
+    assert 'errors="replace"' in strict["decode.invalid_utf8"], strict

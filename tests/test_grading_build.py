@@ -145,6 +145,10 @@ INTERNAL_USE = {
         layer = quantum.OrthogonalLayer(4, "pyramid")
         print(layer(torch.randn(2, 4)).shape)
     """,
+    "06_tokenizer": """
+        from genlab.properties.tokenizer import counts_at_step  # a check's message replays the merges
+        print(counts_at_step("low lower<|endoftext|>low", ["<|endoftext|>"], [(b"l", b"o")]).most_common(2))
+    """,
 }
 
 

@@ -82,6 +82,7 @@ __all__ = [
     "GPT2_PATTERN",
     "bytes_to_unicode",
     "count_pretokens",
+    "count_pretokens_in_text",
     "learn_merges",
     "train_bpe",
     "BPETokenizer",
@@ -243,7 +244,14 @@ def _count_chunk(task: tuple[str, int, int, list[str]]) -> Counter:
         offset = start + err.start
         raise ValueError(f"{path} is not valid UTF-8: byte offset {offset} (byte 0x{data[err.start]:02x}): "
                          f"{err.reason}") from None
-    special_re = _special_regex(special_tokens)
+    return count_pretokens_in_text(text, special_tokens)
+
+
+def count_pretokens_in_text(text: str, special_tokens: Iterable[str] | None = None) -> Counter:
+    """How often each pre-token occurs in ``text`` (a ``str``): the text is cut at the
+    special tokens (longest match first; they are not counted), each piece is pre-tokenized
+    with ``GPT2_PATTERN``.  ``count_pretokens`` does this per chunk of a file."""
+    special_re = _special_regex(_check_special_tokens(special_tokens))
     segments = special_re.split(text) if special_re is not None else [text]
     counts: Counter = Counter()
     for segment in segments:
