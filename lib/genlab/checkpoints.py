@@ -88,16 +88,27 @@ def default_cache_dir() -> Path:
 
 
 NOT_IN_KEY = frozenset({"device"})  # where a model trains does not change which model it is
+# Metadata flag of a dataclass field added after models were cached with the dataclass:
+# at its default value the field stays out of the key, so those models keep their keys.
+OMITTED_FROM_KEY_WHEN_DEFAULT = "omitted_from_key_when_default"
+
+
+def _in_key(value: Any, field: dataclasses.Field) -> bool:
+    if field.name in NOT_IN_KEY:
+        return False
+    at_default = getattr(value, field.name) == field.default
+    return not (field.metadata.get(OMITTED_FROM_KEY_WHEN_DEFAULT) and at_default)
 
 
 def _jsonable(value: Any, where: str = "settings") -> Any:
     """``value`` as plain JSON types, so that its hash does not depend on memory addresses.
 
-    Dataclass fields and dict keys named in ``NOT_IN_KEY`` are left out."""
+    Dataclass fields and dict keys named in ``NOT_IN_KEY`` are left out, and so are
+    dataclass fields flagged ``OMITTED_FROM_KEY_WHEN_DEFAULT`` that hold their default."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {"__dataclass__": type(value).__name__,
                 **{f.name: _jsonable(getattr(value, f.name), f"{where}.{f.name}")
-                   for f in dataclasses.fields(value) if f.name not in NOT_IN_KEY}}
+                   for f in dataclasses.fields(value) if _in_key(value, f)}}
     if isinstance(value, dict):
         return {str(k): _jsonable(v, f"{where}[{k!r}]") for k, v in value.items()
                 if str(k) not in NOT_IN_KEY}
