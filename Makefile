@@ -76,6 +76,7 @@ GPU_STEPS := \
   cuda-tests:-m:pytest:-q:-rs:tests/test_attention.py:tests/test_encoder.py:tests/test_scgpt.py:tests/test_masks.py:tests/test_train.py:tests/test_checkpoints.py:-k:cuda \
   encoder-step:bench/encoder_step.py:--device:cuda \
   gpt-generate:bench/gpt_generate.py:--device:cuda \
+  llama-step:bench/llama_step.py:--device:cuda \
   scgpt-step-fp32:bench/scgpt_step.py:--device:cuda:--fractions:0.25:0.5:0.75 \
   scgpt-step-bf16:bench/scgpt_step.py:--device:cuda:--dtype:bf16:--fractions:0.25:0.5:0.75 \
   gpt-train-mfu:bench/gpt_train_mfu.py:--device:cuda:--dtype:bf16:--batch:16 \
