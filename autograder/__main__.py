@@ -1,6 +1,8 @@
 """The autograder's command line.
 
     python -m autograder grade 01_attention --submissions DIR --out OUT [--workers N | --scheduler ADDR]
+                                            [--student NAME] [--force]
+    python -m autograder export 01_attention --out OUT      # grades.csv, results.json, feedback, canvas.csv
     python -m autograder references build 01_attention      # or: all
     python -m autograder references verify 01_attention     # on every device present
     python -m autograder release 01_attention               # nbgrader generate_assignment
@@ -12,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -34,10 +37,41 @@ def cmd_grade(args) -> int:
               "with resource limits only. Install it: apt-get install bubblewrap", file=sys.stderr)
     results = grade(args.assignment, Path(args.submissions), Path(args.out), workers=args.workers,
                     db_url=args.db, sandbox=sandbox, progress=not args.quiet,
-                    scheduler=args.scheduler)
+                    scheduler=args.scheduler, students=args.student, force=args.force,
+                    hidden_checks=args.hidden_visibility, canvas_id=args.canvas_assignment_id)
     print_table(results)
-    print(f"\nwrote {Path(args.out) / 'grades.csv'}, <student>/results.json, feedback/ and gradebook")
+    print(f"\nwrote {Path(args.out) / 'grades.csv'}, canvas.csv, <student>/results.json and feedback/ "
+          "for every student in the gradebook")
     return 0
+
+
+def cmd_export(args) -> int:
+    from autograder.exports import export_all
+    from autograder.report import print_totals
+
+    grades = export_all(args.assignment, Path(args.out), db_url=args.db,
+                        hidden_checks=args.hidden_visibility, canvas_id=args.canvas_assignment_id)
+    print_totals(grades)
+    print(f"\nwrote {Path(args.out) / 'grades.csv'}, canvas.csv, <student>/results.json and feedback/ "
+          "from the gradebook")
+    return 0
+
+
+def _stop(signum, frame):
+    """SIGTERM ends a run as Ctrl-C does: through every ``finally`` (scratch space removed)."""
+    raise SystemExit(128 + signum)
+
+
+def _export_options(p) -> None:
+    from autograder.exports import HIDDEN_CHECKS_VISIBILITY, VISIBILITIES
+
+    p.add_argument("--db", default=None, help="gradebook URL (default: sqlite in OUT)")
+    p.add_argument("--hidden-visibility", default=HIDDEN_CHECKS_VISIBILITY, choices=VISIBILITIES,
+                   help="Gradescope visibility of the hidden checks in results.json "
+                        f"(default: {HIDDEN_CHECKS_VISIBILITY})")
+    p.add_argument("--canvas-assignment-id", default=None,
+                   help="the Canvas assignment's id: canvas.csv's column becomes 'ASSIGNMENT (ID)' "
+                        "(default: a column named ASSIGNMENT, which Canvas imports as a new assignment)")
 
 
 def cmd_references(args) -> int:
@@ -101,12 +135,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scheduler", default=None,
                    help="grade on a Dask cluster: the scheduler's address (tcp://host:8786); "
                         "its workers need this repository and OUT at the same paths")
-    p.add_argument("--db", default=None, help="gradebook URL (default: sqlite in OUT)")
+    p.add_argument("--student", action="append", default=None, metavar="NAME",
+                   help="grade this student's submission only (repeatable); the others keep their grades")
+    p.add_argument("--force", action="store_true",
+                   help="regrade submissions even when unchanged since they were graded")
+    _export_options(p)
     p.add_argument("--timeout", type=int, default=600, help="seconds per notebook")
     p.add_argument("--cell-timeout", type=int, default=60, help="seconds per cell")
     p.add_argument("--no-sandbox", action="store_true", help="resource limits only (not recommended)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_grade)
+
+    p = sub.add_parser("export", help="rebuild grades.csv, results.json, feedback and canvas.csv "
+                                      "from the gradebook (after grading by hand)")
+    p.add_argument("assignment")
+    p.add_argument("--out", required=True)
+    _export_options(p)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("references", help="build or verify reference outputs")
     p.add_argument("action", choices=["build", "verify"])
@@ -132,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_bundle)
 
     args = parser.parse_args(argv)
+    if args.command in ("grade", "export"):
+        signal.signal(signal.SIGTERM, _stop)
     return args.func(args)
 
 

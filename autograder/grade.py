@@ -18,15 +18,21 @@ For each submission (``DIR/<student>/<assignment>/<notebook>.ipynb``, nbgrader's
    its record was not attested by the guard.
 
 The scores are then written into nbgrader's gradebook (so ``nbgrader export``,
-formgrader and feedback agree), with ``OUT/grades.csv``, ``OUT/<student>/results.json``
-(Gradescope's format) and nbgrader's feedback HTML in ``OUT/feedback/``.
+formgrader and feedback agree), each check's message into ``OUT/<student>/checks.json``;
+at the end of every run ``exports.export_all`` rebuilds ``OUT/grades.csv``, every
+``OUT/<student>/results.json`` (Gradescope's format), nbgrader's feedback HTML in
+``OUT/feedback/`` and ``OUT/canvas.csv`` from the gradebook, for the whole class.
+
+``--student NAME`` grades that submission only (the others keep their grades); a
+submission unchanged since it was graded is kept unless ``--force``. Scratch space
+(the release, the public references, the grading build) lives in ``OUT/.work`` and is
+removed when the run ends, however it ends (a stale one from a killed run at the next start).
 """
 
 from __future__ import annotations
 
 import ast
 import copy
-import csv
 import datetime
 import hashlib
 import json
@@ -36,10 +42,8 @@ import secrets
 import shutil
 import sys
 import threading
-import tempfile
 import time
 import warnings
-import weakref
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import as_completed as as_completed_futures
 from dataclasses import asdict, dataclass, field
@@ -47,11 +51,13 @@ from pathlib import Path
 
 import nbformat
 
-from autograder import grading_build
+from autograder import exports, grading_build
 from autograder import references as refs
 from autograder import spec as spec_module
 from autograder.channel import Inbox, decode_npz, encode_npz
-from autograder.course import REPO, generate_release, nbgrader_config, nbgrader_environment
+from autograder.course import REPO, generate_release, nbgrader_environment
+from autograder.exports import atomic_write as _atomic_write
+from autograder.exports import num as _num
 from autograder.guard import digest
 from autograder.sandbox import Limits, Sandbox
 from genlab.checks import Case, judge, resolve
@@ -240,13 +246,20 @@ def forbidden_in_source(nb, function: str, forbidden: list[str]) -> set[str]:
 
 class Grader:
     def __init__(self, assignment: str, submissions: Path, out: Path, db_url: str | None = None,
-                 sandbox: Sandbox | None = None, references: Path = refs.REFERENCES):
+                 sandbox: Sandbox | None = None, references: Path = refs.REFERENCES,
+                 only: list[str] | None = None, force: bool = False,
+                 hidden_checks: str = exports.HIDDEN_CHECKS_VISIBILITY, canvas_id: str | None = None):
         self.assignment = assignment
+        self.only = list(only) if only else None  # --student: grade these submissions only
+        self.force = force                        # --force: regrade even when unchanged
+        self.hidden_checks = hidden_checks
+        self.canvas_id = canvas_id
         self.spec = spec_module.load(assignment)
         self.notebook_id = Path(self.spec.notebook).stem
         self.submissions = Path(submissions).resolve()
         self.out = Path(out).resolve()
-        self.db_url = db_url or f"sqlite:///{self.out / 'gradebook.db'}"
+        self.db_url = exports.gradebook_url(self.out, db_url)
+        self.work = self.out / ".work"  # scratch: removed at the end of every run
         self.sandbox = sandbox or Sandbox()
         self.references = references / assignment
         self.manifest = refs.load_manifest(assignment, references)
@@ -257,12 +270,12 @@ class Grader:
     # -- set-up, once per run
     def prepare(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
+        self.clean_up()  # a killed run's scratch space
         # nbgrader's sanitizing needs the assignment's cells in the gradebook
-        release = generate_release(self.assignment, release_root=self.out / ".release", db_url=self.db_url)
+        release = generate_release(self.assignment, release_root=self.work / "release", db_url=self.db_url)
         self.manual = manual_answers(nbformat.read(release / self.spec.notebook, as_version=4),
                                      {c["cell"] for c in self.manifest["checks"].values()})
-        public = self.out / ".public" / self.assignment
-        shutil.rmtree(public, ignore_errors=True)
+        public = self.work / "public" / self.assignment
         (public / "public").mkdir(parents=True)
         for entry in (e for c in self.manifest["checks"].values() if c["public"] for e in c["cases"]):
             shutil.copy(self.references / entry["file"], public / entry["file"])
@@ -271,17 +284,23 @@ class Grader:
         self.library = self._grading_build()
 
     def _grading_build(self) -> Path:
-        """genlab with this assignment's answer key shut (autograder/grading_build.py), in a
-        folder of its own that goes when the grader does."""
-        folder = Path(tempfile.mkdtemp(prefix=f"genlab-grading-{self.assignment}-"))
-        weakref.finalize(self, shutil.rmtree, folder, True)
-        return grading_build.build(self.assignment, grading_build.answer_key(self.spec), folder)
+        """genlab with this assignment's answer key shut (autograder/grading_build.py)."""
+        return grading_build.build(self.assignment, grading_build.answer_key(self.spec), self.work / "build")
+
+    def clean_up(self) -> None:
+        shutil.rmtree(self.work, ignore_errors=True)
 
     def students(self) -> list[str]:
         if not self.submissions.is_dir():
             raise SystemExit(f"no submissions folder at {self.submissions}")
-        return sorted(p.name for p in self.submissions.iterdir()
-                      if p.is_dir() and not p.name.startswith("."))
+        found = sorted(p.name for p in self.submissions.iterdir()
+                       if p.is_dir() and not p.name.startswith("."))
+        if self.only is None:
+            return found
+        missing = sorted(set(self.only) - set(found))
+        if missing:
+            raise SystemExit(f"--student {', '.join(missing)}: no such folder in {self.submissions}")
+        return sorted(set(self.only))
 
     # -- one submission
     def grade_one(self, student: str, slot: int = 0) -> SubmissionResult:
@@ -310,7 +329,7 @@ class Grader:
                                 + (f" (found: {', '.join(found)})" if found else " (the folder is empty or missing)"))
         else:
             try:
-                nb = nbformat.reads(read_regular_file(path, NOTEBOOK_BYTES).decode(), as_version=4)
+                nb = read_notebook(read_regular_file(path, NOTEBOOK_BYTES).decode())
                 nb = sanitize(nb, self.assignment, self.notebook_id, student, self.db_url)
             except Exception as exc:
                 result.notes.append(f"{self.spec.notebook} could not be read as a notebook "
@@ -463,28 +482,40 @@ class Grader:
 
     def run(self, workers: int | None = None, progress: bool = True,
             scheduler: str | None = None) -> list[SubmissionResult]:
-        """Grade every submission not already graded in its current form; write each
-        result as soon as it is known (a killed run loses no finished grade)."""
-        self.prepare()
-        results: dict[str, SubmissionResult] = {}
-        todo: dict[str, str] = {}
-        for student in self.students():
-            fingerprint, prev = self.fingerprint(student), self.previous(student)
-            if prev and prev["fingerprint"] == fingerprint:
-                results[student] = SubmissionResult.from_dict(prev["result"])
-            else:
-                todo[student] = fingerprint
-        if results and progress:
-            print(f"{len(results)} submission(s) unchanged since they were graded: kept", file=sys.stderr)
-        bar = _progress(len(todo), f"grading {self.assignment}", progress)
-        for res in self._grade_all(list(todo), workers, scheduler):
-            self.finalize(res, todo[res.student])
-            results[res.student] = res
-            bar.update(1)
-        bar.close()
-        ordered = [results[s] for s in sorted(results)]
-        self.write_csv(ordered)
-        return ordered
+        """Grade every submission not already graded in its current form (every one with
+        ``force``); write each result as soon as it is known (a killed run loses no
+        finished grade); then rebuild every export for the whole class."""
+        try:
+            self.prepare()
+            results: dict[str, SubmissionResult] = {}
+            todo: dict[str, str] = {}
+            for student in self.students():
+                fingerprint, prev = self.fingerprint(student), self.previous(student)
+                kept = None if self.force or not prev or prev["fingerprint"] != fingerprint \
+                    else self.kept_result(student)
+                if kept is not None:
+                    results[student] = kept
+                else:
+                    todo[student] = fingerprint
+            if results and progress:
+                print(f"{len(results)} submission(s) unchanged since they were graded: kept", file=sys.stderr)
+            bar = _progress(len(todo), f"grading {self.assignment}", progress)
+            for res in self._grade_all(list(todo), workers, scheduler):
+                self.finalize(res, todo[res.student])
+                results[res.student] = res
+                bar.update(1)
+            bar.close()
+            exports.export_all(self.assignment, self.out, self.db_url, self.hidden_checks, self.canvas_id)
+            return [results[s] for s in sorted(results)]
+        finally:
+            self.clean_up()
+
+    def kept_result(self, student: str) -> SubmissionResult | None:
+        details = exports.read_details(self.out, student)
+        try:
+            return SubmissionResult.from_dict(details)
+        except (KeyError, TypeError):
+            return None
 
     def _grade_all(self, students: list[str], workers: int | None, scheduler: str | None):
         """Yield results as they finish: on a Dask cluster, or on local threads (one
@@ -512,9 +543,14 @@ class Grader:
             finally:
                 slots.put(slot)
 
-        with ThreadPoolExecutor(max_workers=workers) as pool:
+        # stopped early (an interrupt, a signal): submissions not yet started are dropped,
+        # the ones running finish in their sandboxes, none is left half-graded
+        pool = ThreadPoolExecutor(max_workers=workers)
+        try:
             for future in as_completed_futures([pool.submit(in_slot, s) for s in students]):
                 yield future.result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     # -- outputs
     def finalize(self, res: SubmissionResult, fingerprint: str) -> None:
@@ -526,31 +562,23 @@ class Grader:
         if prev is not None:
             history = folder / "history" / prev["graded_at"].replace(":", "-")
             history.mkdir(parents=True, exist_ok=True)
-            for name in ("grading.json", "results.json"):
+            for name in ("grading.json", exports.DETAILS, "results.json"):
                 if (folder / name).exists():
                     shutil.copy2(folder / name, history / name)
-            print(f"regrading {res.student} (changed since {prev['graded_at']}); "
+            why = "forced" if self.force and prev["fingerprint"] == fingerprint else "changed"
+            print(f"regrading {res.student} ({why} since {prev['graded_at']}); "
                   f"the earlier result is kept in {history}", file=sys.stderr)
+        _atomic_write(folder / exports.DETAILS, json.dumps(res.to_dict(), indent=1))
         self._save_autograded(res)
         self._write_gradebook(res)
-        self._write_feedback(res)
-        _atomic_write(folder / "results.json", json.dumps(gradescope_results(res), indent=1))
+        for problem in exports.export_student(self.assignment, self.out, res.student, self.db_url,
+                                              self.hidden_checks):
+            print(problem, file=sys.stderr)
         if not res.final:
             return
         graded_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         _atomic_write(folder / "grading.json", json.dumps(
-            {"fingerprint": fingerprint, "graded_at": graded_at, "result": res.to_dict()}, indent=1))
-
-    def write_csv(self, results: list[SubmissionResult]) -> None:
-        rows = [[r.student, self.assignment, c.check, _num(c.points), _num(c.max_points), c.message]
-                for r in results for c in r.checks]
-        path = self.out / "grades.csv"
-        tmp = path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["student", "assignment", "check", "points", "max_points", "message"])
-            writer.writerows(rows)
-        tmp.replace(path)
+            {"fingerprint": fingerprint, "graded_at": graded_at}, indent=1))
 
     def _save_autograded(self, res: SubmissionResult) -> None:
         """The executed notebook, without the recorder lines, each graded cell followed by
@@ -612,16 +640,29 @@ class Grader:
                 grade.needs_manual_grade = answered
             gb.db.commit()
 
-    def _write_feedback(self, res: SubmissionResult) -> None:
-        from nbgrader.apps import NbGraderAPI
 
-        config = nbgrader_config(root=str(self.out), db_url=self.db_url,
-                                 source_directory=str(REPO / "solutions"),
-                                 autograded_directory="autograded", feedback_directory="feedback")
-        with nbgrader_environment():
-            outcome = NbGraderAPI(config=config).generate_feedback(self.assignment, res.student, force=True)
-        if not outcome["success"]:
-            res.notes.append("feedback HTML could not be generated: " + (outcome.get("error") or "")[-300:])
+
+def read_notebook(text: str):
+    """``nbformat.reads``, after giving every cell of an nbformat >= 4.5 notebook a unique
+    id (what nbformat's ``normalize`` repairs, without its MissingIDFieldWarning): notebooks
+    saved by older tools grade without noise on the console."""
+    from nbformat.corpus.words import generate_corpus_id
+
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if (isinstance(data, dict) and isinstance(data.get("cells"), list) and data.get("nbformat") == 4
+            and isinstance(data.get("nbformat_minor"), int) and data["nbformat_minor"] >= 5):
+        seen: set[str] = set()
+        for cell in data["cells"]:
+            if not isinstance(cell, dict):
+                continue
+            if not isinstance(cell.get("id"), str) or cell["id"] in seen:
+                cell["id"] = generate_corpus_id()
+            seen.add(cell["id"])
+        text = json.dumps(data)
+    return nbformat.reads(text, as_version=4)
 
 
 def manual_answers(release, graded_cells: set[str]) -> dict[str, tuple[float, str]]:
@@ -735,28 +776,6 @@ def _with_outputs(nb, cells: dict[int, dict]):
     return executed
 
 
-def gradescope_results(res: SubmissionResult) -> dict:
-    """Gradescope's autograder ``results.json`` format."""
-    return {
-        "score": res.score,
-        "execution_time": round(res.seconds, 2),
-        "output": "\n".join(res.notes),
-        "tests": [{"name": c.check, "score": c.points, "max_score": c.max_points,
-                   "output": c.message or "passed", "visibility": "visible"} for c in res.checks],
-    }
-
-
-def _num(x: float) -> str:
-    return f"{x:g}"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def _progress(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
@@ -765,8 +784,11 @@ def _progress(total: int, desc: str, enabled: bool):
 
 def grade(assignment: str, submissions: Path, out: Path, workers: int | None = None,
           db_url: str | None = None, sandbox: Sandbox | None = None, progress: bool = True,
-          scheduler: str | None = None) -> list[SubmissionResult]:
-    return Grader(assignment, submissions, out, db_url, sandbox).run(workers, progress, scheduler)
+          scheduler: str | None = None, students: list[str] | None = None, force: bool = False,
+          hidden_checks: str = exports.HIDDEN_CHECKS_VISIBILITY,
+          canvas_id: str | None = None) -> list[SubmissionResult]:
+    return Grader(assignment, submissions, out, db_url, sandbox, only=students, force=force,
+                  hidden_checks=hidden_checks, canvas_id=canvas_id).run(workers, progress, scheduler)
 
 
 __all__ = ["grade", "Grader", "SubmissionResult", "CheckResult", "Limits", "Sandbox"]

@@ -35,6 +35,19 @@ def print_table(results: list[SubmissionResult]) -> None:
                 print(f"  - {c.check}: {c.message}")
 
 
+def print_totals(grades) -> None:
+    """One line per student of ``exports.export_all``'s result: the gradebook's total,
+    and what still waits for grading by hand."""
+    if not grades:
+        print("no submissions in the gradebook")
+        return
+    width = max(len(g.student) for g in grades) + 2
+    for g in grades:
+        pending = [line.name for line in g.lines if line.pending]
+        print(g.student.ljust(width) + f"{g.score:g}/{g.max_score:g}"
+              + (f"  (pending manual grading: {', '.join(pending)})" if pending else ""))
+
+
 def demo(out: Path, workers: int | None = None) -> int:
     """Write each assignment's sample submissions, grade them, print the table, and fail
     when a sample does not score exactly the points the spec says it deserves."""

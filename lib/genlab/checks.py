@@ -447,8 +447,10 @@ def _float32_hint(err: np.ndarray, expected: np.ndarray) -> str:
     """A float64 case whose errors are all of float32 size: say where such errors come from."""
     if expected.dtype != np.float64 or not _np.isfinite(err).all():
         return ""
-    relative = err / _np.maximum(_np.abs(expected), _np.finfo(np.float64).tiny)
-    if relative.max() < 1e-5:
+    # every relative error below 1e-5, compared without dividing: err / |expected| overflows
+    # where an expected value is (nearly) zero and its error is not
+    scale = _np.maximum(_np.abs(expected), _np.finfo(np.float64).tiny)
+    if (err < 1e-5 * scale).all():
         return (". Errors this small in a float64 case come from a float32 step: a constant "
                 "such as torch.sqrt(torch.tensor(d)) is float32; use math.sqrt(d) or the "
                 "input's dtype")
