@@ -38,7 +38,11 @@ standard error, sd / sqrt(number of seeds)):
    expectation for exact samples), the mean absolute error of the
    correlation matrix among the generated genes (against the exact
    conditional's, from ``MixtureConditional.covariance``), and the fraction
-   of chimeric samples (``MixtureConditional.chimeric``).  Two reference
+   of chimeric samples (``MixtureConditional.chimeric``: samples that no
+   plausible type explains; chimeras are such samples, and so is a sample
+   pushed far from every type by the model's error in the mean, which the
+   point error measures: where K leaves that error as it is, a fall of the
+   fraction with K is the joint becoming coherent).  Two reference
    rows: exact joint samples (the noise floor of each measure at this many
    samples) and exact *independent* per-gene samples (``sample_independent``,
    the best any one-shot sampler with independent genes can do).
@@ -54,9 +58,10 @@ standard error, sd / sqrt(number of seeds)):
    against real cells: what sampling noise alone gives).
 
 Writes ``scgpt_simulated_results.json`` and ``scgpt_simulated.png`` to
-``--out`` and prints markdown tables.  The lecture
-(``course/04_scgpt_single_cells.ipynb``, section 11) runs one seed through
-``run_seed``.  ``--quick`` or ``GENLAB_QUICK=1`` shrinks everything to seconds.
+``--out`` and prints markdown tables.  Lecture 8
+(``course/08_scgpt_sampling.ipynb``) runs one seed on a lecture's budget
+(``LECTURE``) with ``train_on_simulated`` and ``evaluate_scenario``.
+``--quick`` or ``GENLAB_QUICK=1`` shrinks everything to seconds.
 """
 
 from __future__ import annotations
@@ -101,6 +106,11 @@ class Settings:
 FULL = Settings(n_train_cells=20000, steps=8000, batch_size=64, lr=2e-3, warmup_steps=200,
                 d_model=64, n_layers=2, n_heads=4, d_ff=128, n_eval_cells=200, n_samples=32,
                 n_reference_samples=64)
+# Lecture 8's budget (a lecture runs in at most 3 minutes on a 2-core laptop): a quarter of
+# the training, half the cells and samples; its numbers are its own, the README's are FULL's
+LECTURE = Settings(n_train_cells=20000, steps=2000, batch_size=64, lr=3e-3, warmup_steps=100,
+                   d_model=64, n_layers=2, n_heads=4, d_ff=128, n_eval_cells=100, n_samples=16,
+                   n_reference_samples=32)
 QUICK = Settings(n_train_cells=400, steps=10, batch_size=16, lr=2e-3, warmup_steps=2,
                  d_model=16, n_layers=1, n_heads=2, d_ff=32, n_eval_cells=12, n_samples=4,
                  n_reference_samples=6, generation_steps=(1, 2))
@@ -182,7 +192,7 @@ def train_config(settings: Settings, seed: int) -> TrainConfig:
                        min_lr_ratio=0.1, weight_decay=0.01, grad_clip=1.0, seed=seed)
 
 
-CHECKPOINT_NAME = "scgpt-simulated"  # the command and the lecture share these cached models
+CHECKPOINT_NAME = "scgpt-simulated"  # cached models of the command and of lecture 8 (keyed by their settings)
 
 
 def train_on_simulated(sim: CellSimulator, settings: Settings, seed: int, progress: bool = True,

@@ -98,6 +98,10 @@ Example::
     >>> bool(cond.chimeric(chimeras).mean() > cond.chimeric(coherent).mean())
     True
 
+``genlab.experiments.scgpt_simulated`` trains ``ScGPT`` on these cells and
+measures one-shot against K-step generation, the mean and sampled, against
+this exact conditional (lecture 8, ``course/08_scgpt_sampling.ipynb``).
+
 Everything random takes a seed or a ``np.random.Generator``; the model's
 parameters are drawn from ``np.random.default_rng(seed)`` at construction.
 Part of ``genlab.scgpt``.
