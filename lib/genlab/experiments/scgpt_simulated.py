@@ -309,9 +309,10 @@ def evaluate_scenario(trained: TrainedModel, sim: CellSimulator, scenario: Scena
 
     S, R = settings.n_samples, settings.n_reference_samples
     reference = cond.sample(R, seed=np.random.default_rng([seed, 3]))
-    sampled = {"exact joint (noise floor)": joint_measures(cond.sample(S, seed=np.random.default_rng([seed, 4])), cond, reference),
-               "exact, genes independent": joint_measures(
-                   cond.sample_independent(S, seed=np.random.default_rng([seed, 5])), cond, reference)}
+    exact = cond.sample(S, seed=np.random.default_rng([seed, 4]))
+    independent = cond.sample_independent(S, seed=np.random.default_rng([seed, 5]))
+    sampled = {"exact joint (noise floor)": joint_measures(exact, cond, reference),
+               "exact, genes independent": joint_measures(independent, cond, reference)}
     for K in settings.generation_steps:
         draws = _generate(trained, test, known, K, S, seed + 1000 * K)
         sampled[f"scGPT K={K}, sampled"] = joint_measures(draws, cond, reference)
