@@ -192,16 +192,16 @@ def test_each_attack_gets_exactly_its_points(graded):
     assert got == expected, {s: (got.get(s), expected[s]) for s in expected}
     target, reference, framed = TARGETS[assignment]
     by_function = {c.name: c.function for c in spec.load(assignment).checks}
-    messages = {f: [r["message"] for n, r in table["attacked"].items() if by_function[n] == f]
+    messages = {f: [r["message"] for n, r in table["attacked"].items() if by_function.get(n) == f]
                 for f in (target,)}
     assert all(f"uses {reference}" in m for m in messages[target]), messages
-    frame = [r["message"] for n, r in table["attacked"].items() if by_function[n] == framed]
+    frame = [r["message"] for n, r in table["attacked"].items() if by_function.get(n) == framed]
     assert all("sys._getframe" in m for m in frame), frame
     notes = json.loads((out / "forged" / "results.json").read_text())["output"]
     assert "record outside its test cell" in notes
     if assignment == "03_gpt":
         exact = [r["message"] for n, r in table["exact_posterior"].items()
-                 if by_function[n] == "next_token_logprobs"]
+                 if by_function.get(n) == "next_token_logprobs"]
         assert all("exact posterior" in m for m in exact), exact
-        aten = [r["message"] for n, r in table["attacked"].items() if by_function[n] == "CausalSelfAttention"]
+        aten = [r["message"] for n, r in table["attacked"].items() if by_function.get(n) == "CausalSelfAttention"]
         assert all("torch.ops.aten.scaled_dot_product_attention" in m for m in aten), aten

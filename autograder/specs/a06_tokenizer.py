@@ -453,8 +453,8 @@ SPEC = Assignment(
         "tie_first_seen": {"solved": "all",
                            "lost": ["train_merges", "train_merges.special_tokens", "train_merges.unicode",
                                     "train_merges.hidden"],
-                           "edit": {"train_merges": ["key=lambda pair: (pair_counts[pair], pair))",
-                                                     "key=pair_counts.get)"]}},
+                           "edit": {"train_merges": ["key=lambda pair: (frequency[pair], pair))",
+                                                     "key=frequency.get)"]}},
         # encoding merges the leftmost mergeable pair, not the one of lowest rank
         "leftmost_merge": {"solved": "all", "lost": ["encode"],
                            "edit": {"encode": ["min(mergeable, key=ranks.get)", "mergeable[0]"]}},
