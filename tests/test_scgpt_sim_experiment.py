@@ -136,12 +136,13 @@ def test_sampled_generation_is_reproducible_and_differs_from_the_mean():
     trained = E.train_on_simulated(sim, E.QUICK, seed=0, progress=False)
     test = sim.sample(5, seed=5)
     known = np.arange(10)
-    mean = E._generate(trained, test, known, 1, None, seed=0)
-    first, again = (E._generate(trained, test, known, 2, 3, seed=7) for _ in range(2))
+    tokens = E.model_tokens(trained, test)
+    mean = E._generate(trained, tokens, known, 1, None, seed=0)
+    first, again = (E._generate(trained, tokens, known, 2, 3, seed=7) for _ in range(2))
     assert mean.shape == (5, 40) and first.shape == (3, 5, 40)
     np.testing.assert_array_equal(first, again)
     assert not np.allclose(first[0], mean)
-    np.testing.assert_allclose(E._generate(trained, test, known, 1, None, seed=0), mean)
+    np.testing.assert_allclose(E._generate(trained, tokens, known, 1, None, seed=0), mean)
 
 
 def test_command_writes_results_and_figure(tmp_path, capsys):
