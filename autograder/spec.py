@@ -137,6 +137,7 @@ SPEC_MODULES = {
     "04_scgpt": "autograder.specs.a04_scgpt",
     "05_graphs_quantum": "autograder.specs.a05_graphs_quantum",
     "06_tokenizer": "autograder.specs.a06_tokenizer",
+    "07_language_model": "autograder.specs.a07_language_model",
 }
 
 

@@ -38,7 +38,12 @@ TARGETS = {"02_bert": ("mask_tokens", "genlab.encoder.mask_tokens", "fill_masks"
            "03_gpt": ("lm_loss", "genlab.decoder.lm_loss", "next_token_logprobs"),
            "04_scgpt": ("scgpt_mask", "genlab.masks.known_unknown_mask", "generation_step"),
            "05_graphs_quantum": ("pyramid_size", "genlab.quantum.pyramid_gates", "block_flops"),
-           "06_tokenizer": ("train_merges_on_arrays", "genlab.tokenizers.learn_merges", "decode_on_arrays")}
+           "06_tokenizer": ("train_merges_on_arrays", "genlab.tokenizers.learn_merges", "decode_on_arrays"),
+           # assignment 7: every other graded function runs inside its training loop; rotary runs
+           # inside the block, the model and the trained model's predictions, which lose too
+           "07_language_model": ("rotary", "genlab.decoder.apply_rotary", "next_token_logprobs")}
+# graded functions the attacked notebook loses besides the two attacked (their checks see the attack too)
+CALLERS = {"03_gpt": ("CausalSelfAttention",), "07_language_model": ("Block", "LanguageModel")}
 
 THREAD = """
 import importlib as _il, concurrent.futures as _cf
@@ -152,8 +157,7 @@ def build_class(assignment: str) -> dict[str, tuple[object, int]]:
                      THREAD.format(f=target, r0=reference[:-3], r1=reference[-3:]))
     attacked = after(attacked, solution_cell(assignment, framed), FRAME.format(f=framed))
     klass = {
-        "attacked": (attacked, full - points_of(assignment, target, framed,
-                                                *(["CausalSelfAttention"] if assignment == "03_gpt" else []))),
+        "attacked": (attacked, full - points_of(assignment, target, framed, *CALLERS.get(assignment, ()))),
         "fake_recorder": (first(blank(), FAKE_RECORDER.format(references=references)), 0),
         "forged": (forged, 0),
     }

@@ -484,3 +484,177 @@ def test_a_tokenizer_mismatch_without_a_name_is_explained():
     assert "a tie, which the lexicographically greatest pair wins" in "\n".join(other_tie.values()), other_tie
     strict = public_problems("06_tokenizer", "decode_on_arrays", _graded("decode_on_arrays", errors="strict"))
     assert 'errors="replace"' in strict["decode.invalid_utf8"], strict
+
+
+# ---- assignment 7: each named slip, written as a student writes it
+
+
+def student_rms_norm(x, weight, eps, eps_outside=False):
+    rms = x.pow(2).mean(dim=-1, keepdim=True)
+    return x / (rms.sqrt() + eps) * weight if eps_outside else x / torch.sqrt(rms + eps) * weight
+
+
+def student_rotary(x, offset, theta, interleaved=False, use_offset=True):
+    T, D = x.shape[-2:]
+    start = offset if use_offset else 0
+    angles = torch.outer(torch.arange(start, start + T, dtype=torch.float64),
+                         theta ** (-torch.arange(0, D, 2, dtype=torch.float64) / D)).to(x.dtype)  # (T, D/2)
+    cos, sin = angles.cos(), angles.sin()
+    if interleaved:
+        a, b = x[..., 0::2], x[..., 1::2]
+        return torch.stack((a * cos - b * sin, b * cos + a * sin), dim=-1).flatten(-2)
+    a, b = x.chunk(2, dim=-1)
+    return torch.cat((a * cos - b * sin, b * cos + a * sin), dim=-1)
+
+
+def student_swiglu(x, w_gate, w_up, w_down, gate_on_up=False):
+    g, u = x @ w_gate.T, x @ w_up.T
+    return ((g * torch.sigmoid(g)) * u if not gate_on_up else g * (u * torch.sigmoid(u))) @ w_down.T
+
+
+def student_adamw(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, weight_decay,
+                  bias_correction=True, coupled=False):
+    if coupled:
+        grad = grad + weight_decay * param
+    else:
+        param = param - lr * weight_decay * param
+    m = beta1 * exp_avg + (1 - beta1) * grad
+    v = beta2 * exp_avg_sq + (1 - beta2) * grad ** 2
+    m_hat, v_hat = (m / (1 - beta1 ** step), v / (1 - beta2 ** step)) if bias_correction else (m, v)
+    return param - lr * m_hat / (torch.sqrt(v_hat) + eps), m, v
+
+
+def student_decay_mask(model, rule="matrices"):
+    tables = [m.weight for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+    keep = {"matrices": lambda p: p.dim() > 1 and not any(p is t for t in tables),
+            "everything": lambda p: True, "embeddings": lambda p: p.dim() > 1}[rule]
+    return torch.tensor([keep(p) for _, p in model.named_parameters()])
+
+
+def student_lr_at(step, lr, warmup_steps, steps, min_lr_ratio, off_by_one=False):
+    if step < warmup_steps:
+        return lr * (step if off_by_one else step + 1) / warmup_steps
+    t = min(1.0, (step - warmup_steps) / max(1, steps - 1 - warmup_steps))
+    return min_lr_ratio * lr + (lr - min_lr_ratio * lr) * (1 + math.cos(math.pi * t)) / 2
+
+
+def student_clip_rows(grads, max_norm, per_parameter=False):
+    total = grads.norm()
+    if per_parameter:
+        scales = (max_norm / (grads.norm(dim=1, keepdim=True) + 1e-6)).clamp(max=1.0)
+    else:
+        scales = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    return grads * scales, total
+
+
+@torch.enable_grad()
+def student_run(model, batches, lr, warmup_steps, min_lr_ratio, weight_decay, max_norm, interrupt_at,
+                restart_schedule=False):
+    """A student's loop: the updates, the schedule and the resume written out; a restarted schedule
+    counts the steps after the resume from 0."""
+    import copy
+
+    model = copy.deepcopy(model)
+    params = list(model.parameters())
+    decay = student_decay_mask(model).tolist()
+    state = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params]
+    rates = []
+    for step in range(len(batches)):
+        resumed = interrupt_at and step >= interrupt_at
+        rate = student_lr_at(step - interrupt_at if resumed and restart_schedule else step, lr, warmup_steps,
+                             len(batches), min_lr_ratio)
+        batch = batches[step]
+        logits = model(batch)[:, :-1]
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+        for p in params:
+            p.grad = None
+        loss.backward()
+        clipped, _ = student_clip_rows(torch.cat([p.grad.flatten() for p in params])[None], max_norm)
+        with torch.no_grad():
+            offset = 0
+            for i, p in enumerate(params):
+                grad = clipped[0, offset:offset + p.numel()].view_as(p)
+                offset += p.numel()
+                new, m, v = student_adamw(p, grad, *state[i], step + 1, rate, 0.9, 0.95, 1e-8,
+                                          weight_decay if decay[i] else 0.0)
+                p.copy_(new)
+                state[i] = (m, v)
+        rates.append(rate)
+    return torch.cat([p.detach().flatten() for p in params]), torch.tensor(rates, dtype=torch.float64)
+
+
+class StudentLanguageModel(torch.nn.Module):
+    """genlab's Llama-style GPT re-assembled, with the output layer tied or not (blocks are genlab's:
+    this slip is about the tie only)."""
+
+    untied = False
+
+    def __new__(cls, config):
+        from genlab.decoder import GPT
+
+        model = GPT(config.__class__(**{**config.__dict__, "tie_word_embeddings": not cls.untied}))
+        return model
+
+
+class UntiedStudentLanguageModel(StudentLanguageModel):
+    untied = True
+
+
+def _partial(fn, **slips):
+    from functools import partial
+
+    return partial(fn, **slips)
+
+
+# (function, the student's function with its slip, the spec's bug it is)
+LANGUAGE_MODEL_SLIPS = [
+    ("rms_norm", _partial(student_rms_norm, eps_outside=True), "eps_outside_sqrt"),
+    ("rotary", _partial(student_rotary, interleaved=True), "interleaved"),
+    ("rotary", _partial(student_rotary, use_offset=False), "offset_ignored"),
+    ("swiglu", _partial(student_swiglu, gate_on_up=True), "gate_on_up"),
+    ("LanguageModel", UntiedStudentLanguageModel, "untied"),
+    ("adamw_update", _partial(student_adamw, bias_correction=False), "no_bias_correction"),
+    ("adamw_update", _partial(student_adamw, coupled=True), "l2_coupled"),
+    ("weight_decay_mask", _partial(student_decay_mask, rule="everything"), "everything"),
+    ("weight_decay_mask", _partial(student_decay_mask, rule="embeddings"), "embeddings"),
+    ("lr_at", _partial(student_lr_at, off_by_one=True), "warmup_off_by_one"),
+    ("clip_rows", _partial(student_clip_rows, per_parameter=True), "per_parameter"),
+    ("run_with_interruption", _partial(student_run, restart_schedule=True), "schedule_restarted"),
+]
+LANGUAGE_MODEL_PLAIN = {"rms_norm": student_rms_norm, "rotary": student_rotary, "swiglu": student_swiglu,
+                        "LanguageModel": StudentLanguageModel, "adamw_update": student_adamw,
+                        "weight_decay_mask": student_decay_mask, "lr_at": student_lr_at,
+                        "clip_rows": student_clip_rows, "run_with_interruption": student_run}
+
+
+@pytest.mark.parametrize("function", sorted(LANGUAGE_MODEL_PLAIN))
+def test_the_plain_student_language_model_pieces_pass(function):
+    """Without their slips, the student-style pieces pass every public and hidden check."""
+    checks = AssignmentChecks("07_language_model")
+    fn = LANGUAGE_MODEL_PLAIN[function]
+    verdicts = checks._run(function, fn, True) + checks._run(function, fn, False)
+    assert verdicts and all(problem is None for _, problem in verdicts), verdicts
+
+
+@pytest.mark.parametrize("function, fn, bug", LANGUAGE_MODEL_SLIPS, ids=[b for _, _, b in LANGUAGE_MODEL_SLIPS])
+def test_each_language_model_slip_gets_its_own_message(function, fn, bug):
+    """Each slip fails a public check with its own message, and no check tells another bug's story."""
+    from autograder.spec import load
+
+    bugs = {name: message for c in load("07_language_model").checks for name, (_, message) in c.bugs.items()}
+    problems = public_problems("07_language_model", function, fn)
+    assert problems, f"{bug} passes every public check"
+    text = "\n".join(problems.values())
+    assert bugs[bug] in text, text
+    for other, message in bugs.items():
+        assert other == bug or message not in text, (other, text)
+
+
+def test_naive_softmax_cross_entropy_fails_on_huge_logits():
+    """log(softmax) written out overflows on logits of size 1e4: the public check says where."""
+    def naive(logits, targets):
+        probs = logits.exp() / logits.exp().sum(dim=-1, keepdim=True)
+        return -probs.gather(-1, targets[:, None]).log().mean()
+
+    problems = public_problems("07_language_model", "cross_entropy", naive)
+    assert "cross_entropy" in problems and "logit scale=10000.0" in problems["cross_entropy"], problems

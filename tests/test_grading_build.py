@@ -149,6 +149,12 @@ INTERNAL_USE = {
         from genlab.properties.tokenizer import counts_at_step  # a check's message replays the merges
         print(counts_at_step("low lower<|endoftext|>low", ["<|endoftext|>"], [(b"l", b"o")]).most_common(2))
     """,
+    "07_language_model": """
+        import torch
+        from genlab.properties.language_model import build_test_model  # the checks' models: rotary, RMSNorm, SwiGLU
+        model = build_test_model("lm07_train")
+        print(model(torch.zeros(1, 4, dtype=torch.long)).shape)
+    """,
 }
 
 
