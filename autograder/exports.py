@@ -10,7 +10,13 @@ of the assignment, whichever grading run (or subset of the class) graded them, a
     OUT/feedback/<student>/...   nbgrader's feedback HTML
     OUT/canvas.csv               a Canvas gradebook import
 
-Each student's total is the gradebook's, in every file. What the gradebook cannot hold
+Each student's total is the gradebook's, in every file: its score less its late penalty
+(nbgrader's ``SubmittedNotebook.late_submission_penalty``, recomputed here through nbgrader's
+own ``AssignLatePenalties`` and the course's policy, ``late.py``), as ``nbgrader export`` and
+nbgrader's feedback count it. Lateness and penalty appear in each file: a "late submission
+penalty" row in grades.csv, ``output`` and ``extra_data`` in results.json (whose ``score`` is
+the total after the penalty, its tests' scores the points before it), nbgrader's own penalty
+line in the feedback, the total after the penalty in canvas.csv. What the gradebook cannot hold
 (each check's message, the grader's notes) is read from ``OUT/<student>/checks.json``,
 which grading writes per student and never touches for another student.
 
@@ -26,6 +32,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from autograder import late
 from autograder import references as refs
 from autograder import spec as spec_module
 from autograder.course import REPO, nbgrader_config, nbgrader_environment
@@ -33,6 +40,10 @@ from autograder.course import REPO, nbgrader_config, nbgrader_environment
 DETAILS = "checks.json"          # OUT/<student>/checks.json: written by grading, read here
 FEEDBACK_DIGEST = "feedback.sha256"  # OUT/<student>/: what the feedback HTML was made from
 PENDING = "pending manual grading"
+LATE_ROW = "late submission penalty"  # grades.csv's row with each student's lateness
+# nbgrader's own files in a submission folder: copied into autograded/ as `nbgrader autograde`
+# does, so that generate_feedback carries them to feedback/, where release_feedback needs both
+SUBMISSION_FILES = (late.TIMESTAMP_FILE, "submission_secret.txt")
 
 # Gradescope's autograder results format
 # (https://gradescope-autograders.readthedocs.io/en/latest/specs/, "Output format"):
@@ -68,14 +79,37 @@ class Line:
 
 
 @dataclass
+class Lateness:
+    """When a submission was due and handed in (UTC, ISO 8601), and what that cost."""
+    due: str                   # the due date, with the student's extension
+    submitted: str | None      # None: no readable timestamp.txt (counted as on time)
+    seconds_late: float
+    penalty: float             # points, nbgrader's late_submission_penalty
+    extension: bool = False
+
+    @property
+    def message(self) -> str:
+        due = f"due {self.due} UTC" + (" (with an extension)" if self.extension else "")
+        if self.submitted is None:
+            return f"{due}; no submission time recorded (no readable timestamp.txt): counted as on time"
+        cost = f"late penalty {num(self.penalty)} points" if self.penalty else "no late penalty"
+        return f"submitted {self.submitted} UTC, {due}: {late.describe(self.seconds_late)}, {cost}"
+
+
+@dataclass
 class StudentGrade:
     student: str
     display_name: str       # "Last, First" when the gradebook has the names, else the id
-    score: float            # the gradebook's total
+    score: float            # the gradebook's total, after the late penalty
     max_score: float
     lines: list[Line] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    lateness: Lateness | None = None  # None: the assignment has no due date
+
+    @property
+    def late_penalty(self) -> float:
+        return self.lateness.penalty if self.lateness else 0.0
 
 
 # ------------------------------------------------------------------ reading the gradebook
@@ -113,9 +147,10 @@ def _student_grade(gb, submission, student, manifest: dict, out: Path) -> Studen
     for name, check in manifest["checks"].items():
         checks_of_cell.setdefault(check["cell"], []).append(name)
     names = ", ".join(n for n in (student.last_name, student.first_name) if n)
-    grade = StudentGrade(student.id, names or student.id, float(submission.score),
+    penalty = float(submission.late_submission_penalty or 0.0)
+    grade = StudentGrade(student.id, names or student.id, max(0.0, float(submission.score) - penalty),
                          float(submission.max_score), notes=list(details.get("notes", [])),
-                         seconds=float(details.get("seconds", 0.0)))
+                         seconds=float(details.get("seconds", 0.0)), lateness=_lateness(submission, penalty))
     cells = {g.name: g for notebook in submission.notebooks for g in notebook.grades}
     order = list(checks_of_cell) + sorted(set(cells) - set(checks_of_cell))
     for cell in (c for c in order if c in cells):
@@ -125,6 +160,15 @@ def _student_grade(gb, submission, student, manifest: dict, out: Path) -> Studen
         else:
             grade.lines.append(_hand_graded_line(gb, g, submission))
     return grade
+
+
+def _lateness(submission, penalty: float) -> Lateness | None:
+    """The gradebook's due date (with the student's extension), submission time and penalty."""
+    if submission.duedate is None:
+        return None
+    stamp = submission.timestamp
+    return Lateness(submission.duedate.isoformat(sep=" "), stamp.isoformat(sep=" ") if stamp else None,
+                    float(submission.total_seconds_late), penalty, extension=bool(submission.extension))
 
 
 def _check_lines(g, details: list[dict | None]) -> list[Line]:
@@ -185,13 +229,24 @@ def gradescope_results(grade: StudentGrade, hidden_checks: str = HIDDEN_CHECKS_V
         if line.pending:
             test["extra_data"] = {"pending_manual_grade": True}
         tests.append(test)
-    return {"score": grade.score, "execution_time": round(grade.seconds, 2),
-            "output": "\n".join(grade.notes), "tests": tests}
+    results = {"score": grade.score, "execution_time": round(grade.seconds, 2),
+               "output": "\n".join(grade.notes), "tests": tests}
+    if grade.lateness is not None:  # Gradescope has no field for it: the score is after the penalty
+        late_info = asdict(grade.lateness)
+        late_info["score_before_penalty"] = grade.score + grade.late_penalty
+        results["extra_data"] = {"late_submission": late_info}
+        results["output"] = "\n".join([f"Lateness: {grade.lateness.message}", *grade.notes])
+    return results
 
 
 def write_grades_csv(grades: list[StudentGrade], assignment: str, out: Path) -> Path:
-    rows = [[g.student, assignment, line.name, num(line.points), num(line.max_points), line.message]
-            for g in grades for line in g.lines]
+    rows = []
+    for g in grades:
+        rows += [[g.student, assignment, line.name, num(line.points), num(line.max_points), line.message]
+                 for line in g.lines]
+        if g.lateness is not None:
+            rows.append([g.student, assignment, LATE_ROW, num(-g.late_penalty) if g.late_penalty else "0",
+                         "0", g.lateness.message])
     return _write_csv(Path(out) / "grades.csv", CSV_COLUMNS, rows)
 
 
@@ -228,8 +283,11 @@ def write_feedback(grade: StudentGrade, assignment: str, out: Path, db_url: str 
     autograded = out / "autograded" / grade.student / assignment / notebook
     if not autograded.exists():
         return f"no feedback for {grade.student}: no autograded notebook in {out / 'autograded'}"
-    digest = hashlib.sha256(json.dumps(asdict(grade), sort_keys=True).encode()
-                            + autograded.read_bytes()).hexdigest()
+    digest = hashlib.sha256(json.dumps(asdict(grade), sort_keys=True).encode() + autograded.read_bytes())
+    for name in SUBMISSION_FILES:  # what release_feedback and fetch_feedback match on
+        path = autograded.parent / name
+        digest.update(name.encode() + (path.read_bytes() if path.is_file() else b"-"))
+    digest = digest.hexdigest()
     stamp = out / grade.student / FEEDBACK_DIGEST
     html = out / "feedback" / grade.student / assignment / notebook.replace(".ipynb", ".html")
     if html.exists() and stamp.exists() and stamp.read_text() == digest:
@@ -248,10 +306,21 @@ def write_feedback(grade: StudentGrade, assignment: str, out: Path, db_url: str 
     return None
 
 
+def update_late_penalties(assignment: str, out: Path, db_url: str | None = None,
+                          students: list[str] | None = None) -> None:
+    """The course's due date into the gradebook, then every penalty recomputed from the
+    gradebook's scores, times and extensions (a grade changed by hand changes its penalty)."""
+    url, config = gradebook_url(out, db_url), nbgrader_config()
+    with nbgrader_environment():
+        late.record_duedate(url, assignment, config)
+        late.assign_penalties(url, assignment, config, students)
+
+
 def export_student(assignment: str, out: Path, student: str, db_url: str | None = None,
                    hidden_checks: str = HIDDEN_CHECKS_VISIBILITY) -> list[str]:
     """One student's ``results.json`` and feedback, as soon as they are graded."""
     problems = []
+    update_late_penalties(assignment, out, db_url, students=[student])
     for grade in class_grades(assignment, out, db_url, students=[student]):
         write_results(grade, out, hidden_checks)
         problems.append(write_feedback(grade, assignment, out, db_url))
@@ -267,6 +336,7 @@ def export_all(assignment: str, out: Path, db_url: str | None = None,
         raise SystemExit(f"--hidden-visibility {hidden_checks!r}: one of {', '.join(VISIBILITIES)}")
     if db_url is None and not (out / "gradebook.db").exists():
         raise SystemExit(f"no gradebook at {out / 'gradebook.db'}: grade first (python -m autograder grade)")
+    update_late_penalties(assignment, out, db_url)
     grades = class_grades(assignment, out, db_url)
     write_grades_csv(grades, assignment, out)
     write_canvas_csv(grades, assignment, out, canvas_id)

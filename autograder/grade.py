@@ -18,7 +18,9 @@ For each submission (``DIR/<student>/<assignment>/<notebook>.ipynb``, nbgrader's
    its record was not attested by the guard.
 
 The scores are then written into nbgrader's gradebook (so ``nbgrader export``,
-formgrader and feedback agree), each check's message into ``OUT/<student>/checks.json``;
+formgrader and feedback agree), with the submission's time (its ``timestamp.txt``, as
+``nbgrader collect`` leaves it; the due date and the late penalty: ``late.py``), each check's
+message into ``OUT/<student>/checks.json``;
 at the end of every run ``exports.export_all`` rebuilds ``OUT/grades.csv``, every
 ``OUT/<student>/results.json`` (Gradescope's format), nbgrader's feedback HTML in
 ``OUT/feedback/`` and ``OUT/canvas.csv`` from the gradebook, for the whole class.
@@ -51,11 +53,11 @@ from pathlib import Path
 
 import nbformat
 
-from autograder import exports, grading_build
+from autograder import exports, grading_build, late
 from autograder import references as refs
 from autograder import spec as spec_module
 from autograder.channel import Inbox, decode_npz, encode_npz
-from autograder.course import REPO, generate_release, nbgrader_environment
+from autograder.course import REPO, generate_release, nbgrader_config, nbgrader_environment
 from autograder.exports import atomic_write as _atomic_write
 from autograder.exports import num as _num
 from autograder.guard import digest
@@ -87,6 +89,7 @@ class SubmissionResult:
     final: bool = True  # False: a grader error; the next run grades it again
     # written answers graded by hand (grade_id -> whether the student wrote anything)
     answered: dict[str, bool] = field(default_factory=dict)
+    submitted_at: str | None = None  # from timestamp.txt: UTC, ISO 8601; None = unknown (on time)
 
     @property
     def score(self) -> float:
@@ -94,12 +97,14 @@ class SubmissionResult:
 
     def to_dict(self) -> dict:
         return {"student": self.student, "checks": [asdict(c) for c in self.checks],
-                "notes": self.notes, "seconds": round(self.seconds, 3), "answered": self.answered}
+                "notes": self.notes, "seconds": round(self.seconds, 3), "answered": self.answered,
+                "submitted_at": self.submitted_at}
 
     @classmethod
     def from_dict(cls, data: dict) -> "SubmissionResult":
         return cls(data["student"], [CheckResult(**c) for c in data["checks"]],
-                   list(data["notes"]), seconds=data["seconds"], answered=dict(data.get("answered", {})))
+                   list(data["notes"]), seconds=data["seconds"], answered=dict(data.get("answered", {})),
+                   submitted_at=data.get("submitted_at"))
 
 
 # --------------------------------------------------------------------------- sanitize
@@ -264,6 +269,7 @@ class Grader:
         self.references = references / assignment
         self.manifest = refs.load_manifest(assignment, references)
         self.manual: dict[str, tuple[float, str]] = {}  # written answers, from the release (prepare)
+        self.duedate = None  # the gradebook's, once prepared
         self.cases = {name: [Case.load(self.references / e["file"]) for e in check["cases"]]
                       for name, check in self.manifest["checks"].items()}
 
@@ -275,6 +281,8 @@ class Grader:
         release = generate_release(self.assignment, release_root=self.work / "release", db_url=self.db_url)
         self.manual = manual_answers(nbformat.read(release / self.spec.notebook, as_version=4),
                                      {c["cell"] for c in self.manifest["checks"].values()})
+        with nbgrader_environment():
+            self.duedate = late.record_duedate(self.db_url, self.assignment, nbgrader_config())
         public = self.work / "public" / self.assignment
         (public / "public").mkdir(parents=True)
         for entry in (e for c in self.manifest["checks"].values() if c["public"] for e in c["cases"]):
@@ -310,16 +318,28 @@ class Grader:
             return self._grade_one(student, slot)
         except Exception as exc:
             result = SubmissionResult(student, final=False)
+            self._note_submission_time(result)
             result.notes.append(f"internal grading error, graded again on the next run: "
                                 f"{type(exc).__name__}: {str(exc)[:300]}")
             self._score(None, None, result)
             return result
+
+    def _note_submission_time(self, result: SubmissionResult) -> None:
+        """When the submission was handed in (its timestamp.txt), and a note when unknown
+        and a due date makes it matter."""
+        submitted, problem = late.read_timestamp(self.submissions / result.student / self.assignment)
+        result.submitted_at = submitted.isoformat() if submitted else None
+        if problem:
+            result.notes.append(problem)
+        elif submitted is None and self.duedate is not None:
+            result.notes.append(late.NO_TIMESTAMP)
 
     def _grade_one(self, student: str, slot: int) -> SubmissionResult:
         start = time.perf_counter()
         result = SubmissionResult(student)
         if not self.sandbox.sandboxed:
             result.notes.append(UNSANDBOXED)
+        self._note_submission_time(result)
         folder = self.submissions / student / self.assignment
         path = folder / self.spec.notebook
         nb = None
@@ -616,6 +636,20 @@ class Grader:
             nb.cells.insert(0, nbformat.v4.new_markdown_cell(
                 "**Autograder notes**\n\n" + "\n".join(f"* {n}" for n in res.notes)))
         _atomic_write(dest, nbformat.writes(nb))
+        self._copy_submission_files(res.student, dest.parent)
+
+    def _copy_submission_files(self, student: str, autograded: Path) -> None:
+        """nbgrader's own files of the submission (``exports.SUBMISSION_FILES``), copied as
+        ``nbgrader autograde`` copies them: ``generate_feedback`` takes them along into the
+        feedback folder, where ``release_feedback`` needs both."""
+        folder = self.submissions / student / self.assignment
+        for name in exports.SUBMISSION_FILES:
+            try:
+                text = read_regular_file(folder / name, late.TIMESTAMP_BYTES).decode()
+            except (OSError, UnicodeDecodeError):
+                (autograded / name).unlink(missing_ok=True)  # none in this submission
+                continue
+            _atomic_write(autograded / name, text)
 
     def _write_gradebook(self, res: SubmissionResult) -> None:
         from nbgrader.api import Gradebook
@@ -626,7 +660,7 @@ class Grader:
         with nbgrader_environment(), warnings.catch_warnings(), Gradebook(self.db_url) as gb:
             warnings.filterwarnings("ignore", message=".*not in session.*")
             gb.update_or_create_student(res.student)
-            gb.update_or_create_submission(self.assignment, res.student)
+            gb.update_or_create_submission(self.assignment, res.student, timestamp=res.submitted_at)
             for c in res.checks:
                 cell = self.manifest["checks"][c.check]["cell"]
                 cells[cell] = cells.get(cell, 0) + c.points
