@@ -3,12 +3,19 @@
     python -m autograder grade 01_attention --submissions DIR --out OUT [--workers N | --scheduler ADDR]
                                             [--student NAME] [--force]
     python -m autograder export 01_attention --out OUT      # grades.csv, results.json, feedback, canvas.csv
+    python -m autograder formgrader 01_attention --out OUT  # nbgrader's formgrader on OUT [--port N]
+    python -m autograder report 01_attention --out OUT      # OUT/report/index.html [--threshold 0.6]
     python -m autograder references build 01_attention      # or: all
     python -m autograder references verify 01_attention     # on every device present
     python -m autograder release 01_attention               # nbgrader generate_assignment
     python -m autograder samples 01_attention DIR           # sample submissions
     python -m autograder demo [--out DIR]                    # samples -> grades -> table
     python -m autograder bundle --out student-bundle.zip     # what students receive
+
+Submissions are nbgrader's layout, DIR/<student>/<assignment>/ (what `nbgrader collect` writes
+to submitted/), with its timestamp.txt; due dates and the late policy live in
+autograder/nbgrader_config.py. OUT is an nbgrader course directory (gradebook.db, autograded/,
+feedback/): `nbgrader release_feedback ASSIGNMENT --CourseDirectory.root=OUT` releases the feedback.
 """
 
 from __future__ import annotations
@@ -147,11 +154,17 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_grade)
 
     p = sub.add_parser("export", help="rebuild grades.csv, results.json, feedback and canvas.csv "
-                                      "from the gradebook (after grading by hand)")
+                                      "from the gradebook, late penalties recomputed (after grading "
+                                      "by hand, a new due date or an extension)")
     p.add_argument("assignment")
     p.add_argument("--out", required=True)
     _export_options(p)
     p.set_defaults(func=cmd_export)
+
+    from autograder import class_report, formgrader
+
+    formgrader.add_parser(sub)
+    class_report.add_parser(sub)
 
     p = sub.add_parser("references", help="build or verify reference outputs")
     p.add_argument("action", choices=["build", "verify"])
