@@ -31,7 +31,7 @@ The grading output folder OUT is an nbgrader course directory (``OUT/gradebook.d
 ``OUT/autograded/``, ``OUT/feedback/``): nbgrader's own commands work on it with
 ``--CourseDirectory.root=OUT``, e.g. ``nbgrader release_feedback 01_attention
 --CourseDirectory.root=OUT``. The exchange (``nbgrader release_assignment``, ``collect``,
-``release_feedback``) is ``/srv/nbgrader/exchange`` unless ``c.Exchange.root`` says otherwise.
+``release_feedback``) is ``/usr/local/share/nbgrader/exchange`` (nbgrader 0.9's default) unless ``c.Exchange.root`` says otherwise.
 """
 import os
 
