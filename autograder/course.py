@@ -41,6 +41,17 @@ def nbgrader_environment():
             logger.setLevel(level)
 
 
+@contextlib.contextmanager
+def open_gradebook(db_url: str):
+    """nbgrader's ``Gradebook`` at ``db_url``, opened as nbgrader's own commands open it:
+    creating a new gradebook runs ``alembic``, which must be on PATH even when the virtual
+    environment is not activated (``make test`` and cron jobs call ``.venv/bin/python``)."""
+    from nbgrader.api import Gradebook
+
+    with nbgrader_environment(), Gradebook(db_url) as gb:
+        yield gb
+
+
 def generate_release(assignment: str, release_root: Path | None = None,
                      db_url: str | None = None) -> Path:
     """``nbgrader generate_assignment`` from ``solutions/<assignment>``; returns the release folder.

@@ -28,6 +28,8 @@ from nbgrader.plugins import LateSubmissionPlugin
 from traitlets import Dict, Float, Unicode
 from traitlets.config import Configurable
 
+from autograder.course import open_gradebook
+
 TIMESTAMP_FILE = "timestamp.txt"  # written by `nbgrader submit`, kept by `nbgrader collect`
 TIMESTAMP_BYTES = 4096
 DAY = 24 * 3600
@@ -131,10 +133,8 @@ def describe(seconds_late: float) -> str:
 def record_duedate(db_url: str, assignment: str, config) -> datetime | None:
     """Write the configured due date of ``assignment`` into the gradebook (when the course
     configures one); return the gradebook's due date (UTC, naive) or None."""
-    from nbgrader.api import Gradebook
-
     due = DueDates(config=config).due(assignment)
-    with Gradebook(db_url) as gb:
+    with open_gradebook(db_url) as gb:
         if due is not None:
             gb.update_or_create_assignment(assignment, duedate=due)
         return gb.find_assignment(assignment).duedate
@@ -145,10 +145,9 @@ def assign_penalties(db_url: str, assignment: str, config, students: list[str] |
     ``students``) that is late or carries a penalty (which a new due date, an extension or a new
     score may change): the penalty always follows the gradebook's current scores and dates."""
     import nbformat
-    from nbgrader.api import Gradebook
     from nbgrader.preprocessors import AssignLatePenalties
 
-    with Gradebook(db_url) as gb:  # closed before nbgrader's preprocessor opens its own
+    with open_gradebook(db_url) as gb:  # closed before nbgrader's preprocessor opens its own
         todo = [(submission.student.id, notebook.name)
                 for submission in gb.assignment_submissions(assignment)
                 if students is None or submission.student.id in students

@@ -78,15 +78,15 @@ def student(exchange, name, home):
 
 def _scores(out):
     """(score, late penalty) of each student, from the gradebook."""
-    from nbgrader.api import Gradebook
+    from autograder.course import open_gradebook
 
-    with Gradebook(f"sqlite:///{out / 'gradebook.db'}") as gb:
+    with open_gradebook(f"sqlite:///{out / 'gradebook.db'}") as gb:
         return {s: (gb.find_submission(A, s).score, gb.find_submission(A, s).late_submission_penalty)
                 for s in WRITES}
 
 
 def test_release_fetch_submit_collect_grade_feedback(tmp_path):
-    from nbgrader.api import Gradebook
+    from autograder.course import open_gradebook
     from nbgrader.apps import NbGraderAPI
     from nbgrader.utils import parse_utc
 
@@ -114,12 +114,12 @@ def test_release_fetch_submit_collect_grade_feedback(tmp_path):
     # before both submissions, which makes them late by one started day
     stamps = {s: parse_utc((submitted / s / A / "timestamp.txt").read_text()) for s in WRITES}
     out.mkdir()
-    with Gradebook(f"sqlite:///{out / 'gradebook.db'}") as gb:
+    with open_gradebook(f"sqlite:///{out / 'gradebook.db'}") as gb:
         gb.update_or_create_assignment(A, duedate=min(stamps.values()) - datetime.timedelta(hours=2))
 
     run_cli("grade", A, "--submissions", str(submitted), "--out", str(out), "--quiet")
     assert _scores(out) == {"alice": (16, pytest.approx(1.6)), "bob": (14, pytest.approx(1.4))}
-    with Gradebook(f"sqlite:///{out / 'gradebook.db'}") as gb:
+    with open_gradebook(f"sqlite:///{out / 'gradebook.db'}") as gb:
         assert {s: gb.find_submission(A, s).timestamp for s in WRITES} == stamps, "timestamp.txt read"
         gb.grant_extension(A, "alice", days=3)  # afterwards, in formgrader
     export_all(A, out)  # what `python -m autograder export` runs

@@ -38,17 +38,17 @@ HOUR = datetime.timedelta(hours=1)
 
 
 def _set_duedate(out, due):
-    from nbgrader.api import Gradebook
+    from autograder.course import open_gradebook
 
-    with Gradebook(f"sqlite:///{out / 'gradebook.db'}") as gb:
+    with open_gradebook(f"sqlite:///{out / 'gradebook.db'}") as gb:
         gb.update_or_create_assignment(A, duedate=due)
 
 
 def _penalties(out):
     """nbgrader's late_submission_penalty of each student's notebook (None: not set)."""
-    from nbgrader.api import Gradebook
+    from autograder.course import open_gradebook
 
-    with Gradebook(f"sqlite:///{out / 'gradebook.db'}") as gb:
+    with open_gradebook(f"sqlite:///{out / 'gradebook.db'}") as gb:
         return {s: gb.find_submission_notebook(NOTEBOOK_ID, A, s).late_submission_penalty for s in RAW}
 
 
@@ -116,7 +116,7 @@ def test_late_within_the_penalty_window(graded):
 
 
 def test_missing_and_malformed_timestamps_count_as_on_time_with_a_note(graded):
-    from nbgrader.api import Gradebook
+    from autograder.course import open_gradebook
 
     def notes(student):
         return json.loads((graded / student / "checks.json").read_text())["notes"]
@@ -125,7 +125,7 @@ def test_missing_and_malformed_timestamps_count_as_on_time_with_a_note(graded):
     said = [n for n in notes("badstamp") if n.startswith("timestamp.txt could not be read as a time")]
     assert len(said) == 1 and "check when it was submitted" in said[0], notes("badstamp")
     assert not [n for n in notes("solution") if "timestamp" in n]
-    with Gradebook(f"sqlite:///{graded / 'gradebook.db'}") as gb:
+    with open_gradebook(f"sqlite:///{graded / 'gradebook.db'}") as gb:
         stamps = {s: gb.find_submission(A, s).timestamp for s in RAW}
     assert stamps == {"solution": SUBMITTED, "polarity": SUBMITTED, "nostamp": None, "badstamp": None}
     for student in ("nostamp", "badstamp"):
@@ -150,9 +150,9 @@ def test_moving_the_due_date_changes_every_export(out, due, expected, said):
 
 
 def test_an_extension_granted_in_the_gradebook_removes_the_penalty(out):
-    from nbgrader.api import Gradebook
+    from autograder.course import open_gradebook
 
-    with Gradebook(f"sqlite:///{out / 'gradebook.db'}") as gb:
+    with open_gradebook(f"sqlite:///{out / 'gradebook.db'}") as gb:
         gb.grant_extension(A, "polarity", days=2)
     run_cli("export", A, "--out", str(out))
     totals = assert_exports_agree_with_gradebook(out)
@@ -162,9 +162,9 @@ def test_an_extension_granted_in_the_gradebook_removes_the_penalty(out):
 
 
 def test_a_grade_changed_by_hand_changes_its_penalty(out):
-    from nbgrader.api import Gradebook
+    from autograder.course import open_gradebook
 
-    with Gradebook(f"sqlite:///{out / 'gradebook.db'}") as gb:
+    with open_gradebook(f"sqlite:///{out / 'gradebook.db'}") as gb:
         grade = gb.find_grade("test_padding_mask", NOTEBOOK_ID, A, "polarity")
         grade.manual_score = grade.max_score
         gb.db.commit()
