@@ -12,7 +12,8 @@ writes ``OUT/report/index.html`` (figures inline as PNG data URIs) from the grad
   diagnoses ``genlab.checks`` and grading name in words (inverted mask polarity, NaN,
   a forbidden call, ...), each with how often and one example message;
 * grading time per submission (a figure);
-* lateness, from the gradebook's submission times and the assignment's due date;
+* lateness: each student's due date (extensions included), submission time and penalty, as
+  the exports read them from the gradebook;
 * similarity (``similarity.py``): each student's graded functions against each other and
   against genlab's own implementation; pairs at or above the threshold side by side.
   Information for a person to judge, never a penalty.
@@ -34,7 +35,7 @@ import nbformat
 from autograder import exports, similarity
 from autograder import references as refs
 from autograder import spec as spec_module
-from autograder.course import REPO, nbgrader_environment
+from autograder.course import REPO
 from autograder.grade import _is_student_cell, _parse
 from genlab.checks import resolve
 
@@ -137,30 +138,6 @@ def student_sources(assignment: str, out: Path, students: list[str], functions: 
         except (OSError, ValueError, nbformat.ValidationError):
             sources[student] = {}
     return sources
-
-
-# ------------------------------------------------------------------------- lateness
-
-
-@dataclass
-class Lateness:
-    student: str
-    submitted: str | None   # the gradebook's timestamp, or None
-    seconds_late: float
-    penalty: float
-
-
-def lateness(assignment: str, out: Path, db_url: str | None = None) -> tuple[str | None, list[Lateness]]:
-    """(the due date or None, one row per submission) from the gradebook."""
-    from nbgrader.api import Gradebook
-
-    rows = []
-    with nbgrader_environment(), Gradebook(exports.gradebook_url(out, db_url)) as gb:
-        duedate = gb.find_assignment(assignment).duedate
-        for s in sorted(gb.assignment_submissions(assignment), key=lambda s: s.student_id):
-            rows.append(Lateness(s.student_id, s.timestamp.isoformat(sep=" ") if s.timestamp else None,
-                                 float(s.total_seconds_late or 0), float(s.late_submission_penalty or 0)))
-    return (duedate.isoformat(sep=" ") + " UTC" if duedate else None), rows
 
 
 # ------------------------------------------------------------------------- figures
@@ -315,14 +292,14 @@ def build(assignment: str, out: Path, db_url: str | None = None,
                                      "seconds (sanitize, run in the sandbox, compare)"), "grading time per submission"))
 
     parts.append("<h2>Lateness</h2>")
-    duedate, rows = lateness(assignment, out, db_url)
-    if duedate is None:
+    late_grades = [g for g in grades if g.lateness is not None]  # exports read it from the gradebook
+    if not late_grades:
         parts.append("<p>No due date set for this assignment in the gradebook.</p>")
     else:
-        parts.append(f"<p>Due {html.escape(duedate)}.</p>")
-    parts.append(_table(["student", "submitted", "seconds late", "late penalty"],
-                        [[r.student, r.submitted or "no time recorded", f"{r.seconds_late:g}", f"{r.penalty:g}"]
-                         for r in rows], numeric={2, 3}))
+        parts.append(_table(["student", "due (UTC)", "submitted (UTC)", "seconds late", "late penalty"],
+                            [[g.student, g.lateness.due + (" (extension)" if g.lateness.extension else ""),
+                              g.lateness.submitted or "no time recorded", f"{g.lateness.seconds_late:g}",
+                              f"{g.lateness.penalty:g}"] for g in late_grades], numeric={3, 4}))
 
     parts += similarity_section(assignment, spec, out, [g.student for g in grades], threshold)
     report = out / "report" / "index.html"

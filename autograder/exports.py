@@ -35,7 +35,7 @@ from pathlib import Path
 from autograder import late
 from autograder import references as refs
 from autograder import spec as spec_module
-from autograder.course import REPO, nbgrader_config, nbgrader_environment
+from autograder.course import REPO, nbgrader_config, nbgrader_environment, open_gradebook
 
 DETAILS = "checks.json"          # OUT/<student>/checks.json: written by grading, read here
 FEEDBACK_DIGEST = "feedback.sha256"  # OUT/<student>/: what the feedback HTML was made from
@@ -123,12 +123,12 @@ def class_grades(assignment: str, out: Path, db_url: str | None = None,
                  students: list[str] | None = None) -> list[StudentGrade]:
     """Every student of the gradebook with a submission of ``assignment`` (or only
     ``students``), sorted by id."""
-    from nbgrader.api import Gradebook, MissingEntry
+    from nbgrader.api import MissingEntry
 
     manifest = refs.load_manifest(assignment)
     out = Path(out).resolve()
     grades = []
-    with nbgrader_environment(), Gradebook(gradebook_url(out, db_url)) as gb:
+    with open_gradebook(gradebook_url(out, db_url)) as gb:
         for student in sorted(gb.students, key=lambda s: s.id):
             if students is not None and student.id not in students:
                 continue
@@ -306,21 +306,20 @@ def write_feedback(grade: StudentGrade, assignment: str, out: Path, db_url: str 
     return None
 
 
-def update_late_penalties(assignment: str, out: Path, db_url: str | None = None,
-                          students: list[str] | None = None) -> None:
+def update_late_penalties(assignment: str, out: Path, db_url: str | None = None) -> None:
     """The course's due date into the gradebook, then every penalty recomputed from the
     gradebook's scores, times and extensions (a grade changed by hand changes its penalty)."""
     url, config = gradebook_url(out, db_url), nbgrader_config()
-    with nbgrader_environment():
-        late.record_duedate(url, assignment, config)
-        late.assign_penalties(url, assignment, config, students)
+    late.record_duedate(url, assignment, config)
+    late.assign_penalties(url, assignment, config)
 
 
 def export_student(assignment: str, out: Path, student: str, db_url: str | None = None,
                    hidden_checks: str = HIDDEN_CHECKS_VISIBILITY) -> list[str]:
     """One student's ``results.json`` and feedback, as soon as they are graded."""
     problems = []
-    update_late_penalties(assignment, out, db_url, students=[student])
+    # the due date is in the gradebook already (recorded when the grading run began)
+    late.assign_penalties(gradebook_url(out, db_url), assignment, nbgrader_config(), [student])
     for grade in class_grades(assignment, out, db_url, students=[student]):
         write_results(grade, out, hidden_checks)
         problems.append(write_feedback(grade, assignment, out, db_url))

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from autograder import exports
 from autograder import spec as spec_module
-from autograder.course import CONFIG_FILE, REPO, generate_release, nbgrader_environment
+from autograder.course import CONFIG_FILE, REPO, generate_release, open_gradebook
 
 CONFIG_NAME = "nbgrader_config.py"
 SUBMITTED = "submitted"
@@ -85,9 +85,9 @@ def prepare(assignment: str, out: Path, db_url: str | None = None) -> Path:
 def _record_assignment(assignment: str, db_url: str) -> None:
     """The assignment's notebooks and cells in the gradebook (grading records them; a
     gradebook that lacks them gets them from a throw-away release)."""
-    from nbgrader.api import Gradebook, MissingEntry
+    from nbgrader.api import MissingEntry
 
-    with nbgrader_environment(), Gradebook(db_url) as gb:
+    with open_gradebook(db_url) as gb:
         try:
             recorded = bool(gb.find_assignment(assignment).notebooks)
         except MissingEntry:
@@ -102,10 +102,8 @@ def _mirror_submissions(assignment: str, out: Path, db_url: str) -> list[str]:
     nbgrader's ``timestamp.txt`` when the gradebook holds its time. A timestamp.txt already
     there is left alone: if it differs, formgrader rightly shows that submission as not yet
     autograded (a newer hand-in)."""
-    from nbgrader.api import Gradebook
-
     students = []
-    with nbgrader_environment(), Gradebook(db_url) as gb:
+    with open_gradebook(db_url) as gb:
         for submission in gb.assignment_submissions(assignment):
             folder = out / SUBMITTED / submission.student_id / assignment
             folder.mkdir(parents=True, exist_ok=True)

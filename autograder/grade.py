@@ -281,8 +281,7 @@ class Grader:
         release = generate_release(self.assignment, release_root=self.work / "release", db_url=self.db_url)
         self.manual = manual_answers(nbformat.read(release / self.spec.notebook, as_version=4),
                                      {c["cell"] for c in self.manifest["checks"].values()})
-        with nbgrader_environment():
-            self.duedate = late.record_duedate(self.db_url, self.assignment, nbgrader_config())
+        self.duedate = late.record_duedate(self.db_url, self.assignment, nbgrader_config())
         public = self.work / "public" / self.assignment
         (public / "public").mkdir(parents=True)
         for entry in (e for c in self.manifest["checks"].values() if c["public"] for e in c["cases"]):

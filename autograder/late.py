@@ -28,7 +28,7 @@ from nbgrader.plugins import LateSubmissionPlugin
 from traitlets import Dict, Float, Unicode
 from traitlets.config import Configurable
 
-from autograder.course import open_gradebook
+from autograder.course import nbgrader_environment, open_gradebook
 
 TIMESTAMP_FILE = "timestamp.txt"  # written by `nbgrader submit`, kept by `nbgrader collect`
 TIMESTAMP_BYTES = 4096
@@ -155,10 +155,11 @@ def assign_penalties(db_url: str, assignment: str, config, students: list[str] |
                 if submission.total_seconds_late > 0 or notebook.late_submission_penalty]
     quiet = logging.getLogger("autograder.late.nbgrader")  # nbgrader logs each penalty as a warning
     quiet.setLevel(logging.ERROR)
-    for student, notebook in todo:
-        resources = {"nbgrader": {"notebook": notebook, "assignment": assignment,
-                                  "student": student, "db_url": db_url}}
-        AssignLatePenalties(config=config, log=quiet).preprocess(nbformat.v4.new_notebook(), resources)
+    with nbgrader_environment():
+        for student, notebook in todo:
+            resources = {"nbgrader": {"notebook": notebook, "assignment": assignment,
+                                      "student": student, "db_url": db_url}}
+            AssignLatePenalties(config=config, log=quiet).preprocess(nbformat.v4.new_notebook(), resources)
 
 
 __all__ = ["DueDates", "PercentPerDayLate", "read_timestamp", "record_duedate", "assign_penalties", "describe"]
